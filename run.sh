@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole pipeline on the embedded default data, stage after stage. Each stage reads the
+# previous stage's files under out/ and writes its own; reading this file is reading the
+# pipeline. Extra arguments go to every stage, e.g. `./run.sh` or `OUT=out/small ./run.sh`.
+source "$(dirname "$0")/env.sh"
+ensure_venv requirements.txt
+PY=.venv/bin/python
+OUT=${OUT:-out}
+
+# 1. Collect, clean and deduplicate the corpus (downloads its sources once into ~/.cache/llmpipe).
+$PY data/prepare.py --out-dir "$OUT/data"
+
+echo "pipeline done: see $OUT/"
