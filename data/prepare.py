@@ -394,9 +394,9 @@ def main(argv=None):
         if pool is None:
             init_worker(config)
         cleaned = work / "cleaned.jsonl"
-        bar = tqdm(desc="clean+dedup", unit="doc", dynamic_ncols=True, mininterval=1)
         n_cleaned = 0
-        with open(cleaned, "w", encoding="utf-8") as f:
+        with open(cleaned, "w", encoding="utf-8") as f, \
+                tqdm(desc="clean+dedup", unit="doc", dynamic_ncols=True, mininterval=1) as bar:
             docs = iter_documents(args, collect_limit, collected, archives)
             # Small batches keep memory bounded and let the collect limits take effect.
             for batch in batched(docs, 64):
@@ -427,7 +427,6 @@ def main(argv=None):
                     collected[doc["source"]] += nbytes
                     n_cleaned += 1
                 bar.set_postfix(source=batch[-1]["source"], kept_mb=f"{sum(collected.values()) / 1e6:.1f}")
-        bar.close()
         if pool:
             pool.close()
             pool.join()
