@@ -24,31 +24,34 @@ import regex
 
 MERSENNE_31 = (1 << 31) - 1      # the prime modulus of our hash family; a*x+b fits in 64 bits
 PUNCT_RE = regex.compile(r"[\p{P}\p{S}]+")
+COMBINING_RE = regex.compile(r"\p{Mn}+")
 
 
 def normalize_for_dedup(text):
     """Lower-case, strip accents (NFD, drop combining marks), drop punctuation, collapse spaces.
 
     Two copies that differ only in case, accents, quotes or layout become the same string.
+    Both keys below are computed from this normalised text.
     """
-    text = unicodedata.normalize("NFD", text.lower())
-    text = "".join(c for c in text if not unicodedata.combining(c))
+    text = text.lower()
+    if not text.isascii():                       # ASCII has no accents to strip
+        text = COMBINING_RE.sub("", unicodedata.normalize("NFD", text))
     return " ".join(PUNCT_RE.sub(" ", text).split())
 
 
-def exact_key(text):
+def exact_key(norm):
     """128-bit digest of the normalised text: equal keys mean exact duplicates."""
-    return hashlib.blake2b(normalize_for_dedup(text).encode(), digest_size=16).digest()
+    return hashlib.blake2b(norm.encode(), digest_size=16).digest()
 
 
-def shingle_ids(text, n=5):
+def shingle_ids(norm, n=5):
     """The set of word n-gram shingles of the normalised text, as unique ids in [0, 2^31 - 1).
 
     Words are hashed with crc32 (stable across processes and runs, unlike Python's `hash`),
     n-grams are combined as a polynomial mod 2^64, then reduced mod the Mersenne prime.
     A text shorter than n words is one shingle.
     """
-    words = normalize_for_dedup(text).split()
+    words = norm.split()
     if not words:
         return np.zeros(0, dtype=np.uint64)
     ids = np.array([zlib.crc32(w.encode()) for w in words], dtype=np.uint64)

@@ -162,7 +162,7 @@ def check_code(text):
     mean = sum(map(len, lines)) / len(lines)
     if mean > 100:
         return f"mean line length {mean:.0f} > 100"
-    alnum = sum(c.isalnum() for c in text) / len(text)
+    alnum = sum(map(str.isalnum, text)) / len(text)
     if alnum < 0.25:
         return f"alphanumeric fraction {alnum:.2f} < 0.25"
     head = "\n".join(lines[:5]).lower()
@@ -312,21 +312,52 @@ MAX_TOXICITY = 10.0
 MIN_WORDS_FOR_DENSITY = 300
 
 
+TOKEN_RE = re.compile(r"\w+")
+
+
 def compile_word_list(words):
-    """One case-insensitive regex matching any listed term as whole words, longest first."""
-    alternatives = sorted(set(words), key=len, reverse=True)
-    return regex.compile(r"(?<!\w)(?:" + "|".join(map(regex.escape, alternatives)) + r")(?!\w)",
-                         regex.I)
+    """Split the list into single words (a set lookup per token) and phrases ("two words",
+    "g-spot", matched on the token sequence), plus terms without word characters (emoji).
+
+    A set lookup per token is ~20x faster than one regex with 400 alternatives, and it
+    matches whole words only by construction: "assert" never counts as "ass".
+    """
+    singles, phrases, symbols = set(), set(), set()
+    for w in words:
+        tokens = TOKEN_RE.findall(w.lower())
+        if len(tokens) == 1 and tokens[0] == w.lower():
+            singles.add(tokens[0])
+        elif tokens:
+            phrases.add(tuple(tokens))
+        else:
+            symbols.add(w)
+    by_first = {}                       # first token -> the phrases starting with it
+    for p in sorted(phrases):
+        by_first.setdefault(p[0], []).append(p)
+    return frozenset(singles), by_first, sorted(symbols)
 
 
-def toxicity_score(text, word_re):
+def count_listed(text, word_list):
+    """How many times listed terms occur in `text`, as whole words, case-insensitively."""
+    singles, by_first, symbols = word_list
+    tokens = TOKEN_RE.findall(text.lower())
+    n = sum(t in singles for t in tokens)
+    if by_first.keys().isdisjoint(tokens):      # the common case: no phrase can start here
+        tokens = ()
+    for i, t in enumerate(tokens):
+        for phrase in by_first.get(t, ()):
+            n += tuple(tokens[i:i + len(phrase)]) == phrase
+    return n + sum(text.count(sym) for sym in symbols)
+
+
+def toxicity_score(text, word_list):
     """Listed words per 1,000 words (at least MIN_WORDS_FOR_DENSITY words in the denominator)."""
     n_words = len(text.split())
-    return 1000 * len(word_re.findall(text)) / max(n_words, MIN_WORDS_FOR_DENSITY)
+    return 1000 * count_listed(text, word_list) / max(n_words, MIN_WORDS_FOR_DENSITY)
 
 
-def check_toxicity(text, word_re, max_score=MAX_TOXICITY):
-    score = toxicity_score(text, word_re)
+def check_toxicity(text, word_list, max_score=MAX_TOXICITY):
+    score = toxicity_score(text, word_list)
     return f"{score:.1f} listed words per 1,000 > {max_score}" if score > max_score else None
 
 

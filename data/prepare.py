@@ -190,7 +190,7 @@ def init_worker(config):
     """Set up each worker once: compiled word list, MinHash functions, thresholds."""
     _WORKER.update(config)
     if config["toxic_words"]:
-        _WORKER["toxic_re"] = filters.compile_word_list(config["toxic_words"])
+        _WORKER["toxic_list"] = filters.compile_word_list(config["toxic_words"])
     _WORKER["minhasher"] = dedup.MinHasher(config["num_perm"], seed=1)
 
 
@@ -218,7 +218,7 @@ def clean_document(doc):
                   ("gopher_repetition", filters.check_gopher_repetition)]
     # 4. toxicity, on everything
     if cfg["max_toxicity"] > 0:
-        checks.append(("toxicity", lambda t: filters.check_toxicity(t, cfg["toxic_re"],
+        checks.append(("toxicity", lambda t: filters.check_toxicity(t, cfg["toxic_list"],
                                                                      cfg["max_toxicity"])))
     for rule, check in checks:
         reason = check(text)
@@ -229,8 +229,9 @@ def clean_document(doc):
     if kind == "prose":
         text, out["pii"] = filters.mask_pii(text)
     # 6. the keys deduplication needs, computed here where the cores are
-    out["exact"] = dedup.exact_key(text)
-    shingles = dedup.shingle_ids(text, cfg["shingle_words"])
+    norm = dedup.normalize_for_dedup(text)
+    out["exact"] = dedup.exact_key(norm)
+    shingles = dedup.shingle_ids(norm, cfg["shingle_words"])
     out["signature"] = cfg["minhasher"].signature(shingles) if len(shingles) else None
     out["doc"] = {k: doc[k] for k in ("id", "source", "kind", "licence")} | {"text": text}
     return out

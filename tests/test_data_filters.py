@@ -161,22 +161,23 @@ def test_play_dialogue_is_not_repetition():
 
 # ----------------------------------------------------------------------------- toxicity
 
-WORD_RE = filters.compile_word_list(["badword", "ass", "two words"])
+WORDS = filters.compile_word_list(["badword", "ass", "two words", "g-spot", "🖕"])
 
 
 def test_toxicity_whole_words_only_and_case_insensitive():
-    assert WORD_RE.findall("assert the class passes; an Ass; BADWORD; two  words; two words") \
-        == ["Ass", "BADWORD", "two words"]
+    assert filters.count_listed("assert the class passes; an Ass; BADWORD; two  words", WORDS) == 3
+    assert filters.count_listed("badwords, two-words, g spot, G-Spot, 🖕", WORDS) == 4
+    assert filters.count_listed("nothing here: badwordy, sass, words two", WORDS) == 0
 
 
 def test_toxicity_density():
     one_in_300 = " ".join(["word"] * 299 + ["badword"])
     dense = " ".join(["badword", "and", "more", "badword", "text"] * 60)
     short_with_one = ENGLISH + " badword"
-    assert filters.toxicity_score(one_in_300, WORD_RE) == pytest.approx(1000 / 300)
-    assert filters.check_toxicity(one_in_300, WORD_RE) is None
-    assert filters.check_toxicity(short_with_one, WORD_RE) is None     # scored over 300 words
-    assert filters.check_toxicity(dense, WORD_RE).startswith("400.0 listed words per 1,000")
+    assert filters.toxicity_score(one_in_300, WORDS) == pytest.approx(1000 / 300)
+    assert filters.check_toxicity(one_in_300, WORDS) is None
+    assert filters.check_toxicity(short_with_one, WORDS) is None     # scored over 300 words
+    assert filters.check_toxicity(dense, WORDS).startswith("400.0 listed words per 1,000")
 
 
 # ----------------------------------------------------------------------------- PII
