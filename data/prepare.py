@@ -38,7 +38,6 @@ filtering (our sources have no URLs), languages other than English, sentence-lev
 
 import argparse
 import hashlib
-import itertools
 import json
 import multiprocessing
 import os
@@ -264,9 +263,10 @@ class Report:
         removed = self.sources[doc["source"]]["removed"][rule]
         removed["docs"] += 1
         removed["bytes"] += nbytes
-        if len(self.examples[rule]) < 3:
-            self.examples[rule].append({"id": doc["id"], "reason": detail,
-                                        "text": doc["text"][:300]})
+        # Up to two examples per rule and source, so every source's removals can be inspected.
+        if sum(ex["source"] == doc["source"] for ex in self.examples[rule]) < 2:
+            self.examples[rule].append({"id": doc["id"], "source": doc["source"],
+                                        "reason": detail, "text": doc["text"][:300]})
 
     def to_dict(self):
         return {"sources": json.loads(json.dumps(self.sources)), "rules": self.rules,
@@ -310,7 +310,7 @@ def plot_report(path, report):
     import matplotlib.pyplot as plt
 
     names = list(report["sources"])
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 2))
+    fig, ax = plt.subplots(figsize=(11, 0.5 * len(names) + 2))
     left = [0.0] * len(names)
     segments = [("kept", [report["sources"][n]["bytes_out"] / 1e6 for n in names])]
     for rule in RULES:
@@ -326,7 +326,7 @@ def plot_report(path, report):
     ax.set_xlabel("MB (UTF-8)")
     ax.set_title("Corpus: what each rule removed, per source")
     ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -349,9 +349,16 @@ def iter_documents(args, collect_limit, collected, archives):
         yield from sources.read_user_file(path)
 
 
-def batched(iterable, n):
-    it = iter(iterable)
-    while batch := list(itertools.islice(it, n)):
+def batched(docs, max_docs=64, max_bytes=1_000_000):
+    """Group documents into batches of at most `max_docs` documents or about `max_bytes`."""
+    batch, size = [], 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc["text"])
+        if len(batch) >= max_docs or size >= max_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
         yield batch
 
 
@@ -400,7 +407,7 @@ def main(argv=None):
                 tqdm(desc="clean+dedup", unit="doc", dynamic_ncols=True, mininterval=1) as bar:
             docs = iter_documents(args, collect_limit, collected, archives)
             # Small batches keep memory bounded and let the collect limits take effect.
-            for batch in batched(docs, 64):
+            for batch in batched(docs):
                 results = pool.imap(clean_document, batch, chunksize=2) if pool else map(clean_document, batch)
                 for raw, r in zip(batch, results):
                     report.add_input(raw, r["bytes_in"], raw["replaced"])
