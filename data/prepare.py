@@ -170,14 +170,10 @@ def fit_to_budget(text, kind, budget):
 
 
 def split_of(text, val_fraction, seed=0):
-    """'val' for a pseudo-random `val_fraction` of documents, decided by the text alone."""
-    return "val" if split_hash(text, seed) < val_fraction else "train"
-
-
-def split_hash(text, seed=0):
-    """A uniform number in [0, 1) from the document's text and the seed."""
+    """'val' for a pseudo-random `val_fraction` of documents, decided by the text alone, so the
+    same document always lands on the same side, whatever else is in the corpus."""
     digest = hashlib.blake2b(f"{seed}\0{text}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2**64
+    return "val" if int.from_bytes(digest, "little") / 2**64 < val_fraction else "train"
 
 
 # ----------------------------------------------------------------------------- per document
@@ -276,9 +272,9 @@ class Report:
 def write_report_md(path, report, totals):
     mb = lambda b: f"{b / 1e6:.2f}"  # noqa: E731
     lines = ["# Corpus report", "",
-             f"{totals['docs']:,} documents, {mb(totals['bytes'])} MB kept "
-             f"(train {mb(totals['train_bytes'])} MB, validation {mb(totals['val_bytes'])} MB) "
-             f"in {totals['seconds']:.0f} s.", "",
+             f"{totals['docs']:,} documents, {mb(totals['bytes'])} MB kept (train "
+             f"{mb(totals.get('train_bytes', 0))} MB, validation {mb(totals.get('val_bytes', 0))} MB)"
+             f" in {totals['seconds']:.0f} s.", "",
              "## Per source", "",
              "| source | docs in | MB in | docs out | MB out | kept | invalid UTF-8 | PII masked |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -458,45 +454,37 @@ def main(argv=None):
                 sizes[src] += len(text.encode())
                 fout.write(json.dumps(doc, ensure_ascii=False) + "\n")
 
-        # Steps 5-6: share the cap among sources, split train/validation, write atomically.
+        # Steps 5-6: share the cap among sources, split train/validation and write the corpus
+        # atomically, streaming: one document in memory at a time.
         quotas = mix_quotas(sizes, args.weights, cap) if cap else None
         taken = defaultdict(int)
         totals = defaultdict(int)
-        records = []
-        with open(deboiled, encoding="utf-8") as fin:
+        with open(deboiled, encoding="utf-8") as fin, atomic_open(out_dir / "corpus.jsonl") as fout:
             for line in fin:
                 doc = json.loads(line)
                 src, text = doc["source"], doc["text"]
-                nbytes = len(text.encode())
-                if quotas is not None and taken[src] + nbytes > quotas[src]:
+                if quotas is not None and taken[src] + len(text.encode()) > quotas[src]:
                     text = fit_to_budget(text, doc["kind"], quotas[src] - taken[src])
                     report.sources[src]["cut_by_cap"] += 1
                     if text is None:
                         continue
-                    nbytes = len(text.encode())
-                taken[src] += nbytes
-                records.append((split_hash(text, args.split_seed), doc["id"], text, doc))
-        if not records:
-            raise StageError("no document survived cleaning; check the inputs (report in "
-                             f"{out_dir}/report.json)")
-        n_val = sum(h < args.val_fraction for h, *_ in records)
-        force_val = None
-        if n_val == 0 and args.val_fraction > 0 and len(records) >= 2:
-            force_val = min(records, key=lambda r: r[0])[1]   # tiny corpus: still one val doc
-        with atomic_open(out_dir / "corpus.jsonl") as f:
-            for h, id_, text, doc in records:
-                split = "val" if (h < args.val_fraction or id_ == force_val) else "train"
-                record = {"id": id_, "text": text, "source": doc["source"], "kind": doc["kind"],
-                          "licence": doc["licence"], "split": split}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 nbytes = len(text.encode())
-                s = report.sources[doc["source"]]
-                s["docs_out"] += 1
-                s["bytes_out"] += nbytes
-                totals["docs"] += 1
-                totals["bytes"] += nbytes
-                totals[f"{split}_docs"] += 1
-                totals[f"{split}_bytes"] += nbytes
+                taken[src] += nbytes
+                split = split_of(text, args.val_fraction, args.split_seed)
+                record = {"id": doc["id"], "text": text, "source": src, "kind": doc["kind"],
+                          "licence": doc["licence"], "split": split}
+                fout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                report.sources[src]["docs_out"] += 1
+                report.sources[src]["bytes_out"] += nbytes
+                for key, value in (("docs", 1), ("bytes", nbytes), (f"{split}_docs", 1),
+                                   (f"{split}_bytes", nbytes)):
+                    totals[key] += value
+            if not totals["docs"]:
+                raise StageError("no document survived cleaning; check the inputs and the "
+                                 "rules' thresholds")
+        if args.val_fraction > 0 and not totals["val_docs"]:
+            print("warning: the validation split is empty; raise --val-fraction or add documents",
+                  file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
