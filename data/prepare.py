@@ -358,6 +358,116 @@ def batched(docs, max_docs=64, max_bytes=1_000_000):
         yield batch
 
 
+def clean_and_deduplicate(args, archives, config, report, path):
+    """Steps 1-3: read every document, clean it in the worker pool (order preserved), then
+    drop exact and near duplicates, streaming the survivors to `path`.
+
+    Returns (number written, line counts per source for the boilerplate step).
+    """
+    # With a cap, each source reads until it holds 1.5x its weighted share of the cap (room
+    # for what deduplication removes), so a 2 MB run does not clean 40 MB first.
+    cap = args.max_mb * 1e6
+    total_w = sum(args.weights.get(n, 1.0) for n in args.source_names) or 1
+    collect_limit = {n: 1.5 * cap * args.weights.get(n, 1.0) / total_w
+                     for n in args.source_names} if cap else {}
+    collected = defaultdict(int)
+    lsh = dedup.LSHIndex(args.num_perm, args.bands, args.jaccard)
+    exact_seen = set()
+    line_counts = defaultdict(lambda: defaultdict(int))   # source -> line key -> documents
+    written = 0
+    pool = multiprocessing.Pool(args.workers, init_worker, (config,)) if args.workers > 1 else None
+    if pool is None:
+        init_worker(config)
+    try:
+        with open(path, "w", encoding="utf-8") as f, \
+                tqdm(desc="clean+dedup", unit="doc", dynamic_ncols=True, mininterval=1) as bar:
+            docs = iter_documents(args, collect_limit, collected, archives)
+            # Batches keep memory bounded and let the collect limits take effect.
+            for batch in batched(docs):
+                results = pool.imap(clean_document, batch, chunksize=2) if pool else map(clean_document, batch)
+                for raw, r in zip(batch, results):
+                    bar.update(1)
+                    report.add_input(raw, r["bytes_in"], raw["replaced"])
+                    doc = r["doc"]
+                    if r["removed"]:
+                        report.remove(r["removed"], doc, r["bytes_in"], r["detail"])
+                        continue
+                    if r["exact"] in exact_seen:
+                        report.remove("exact_duplicate", doc, r["bytes_in"], "same normalised text")
+                        continue
+                    exact_seen.add(r["exact"])
+                    twin = lsh.add(doc["id"], r["signature"]) if r["signature"] is not None else None
+                    if twin is not None:
+                        report.remove("near_duplicate", doc, r["bytes_in"], f"near copy of {twin}")
+                        continue
+                    for k, v in r["pii"].items():
+                        report.sources[doc["source"]]["pii_masked"][k] += v
+                    for line in dedup.boilerplate_candidates(doc["text"], doc["kind"], args.boilerplate_chars):
+                        line_counts[doc["source"]][dedup.line_key(line)] += 1
+                    f.write(json.dumps(doc | {"bytes_in": r["bytes_in"]}, ensure_ascii=False) + "\n")
+                    collected[doc["source"]] += len(doc["text"].encode())
+                    written += 1
+                bar.set_postfix(source=batch[-1]["source"], kept_mb=f"{sum(collected.values()) / 1e6:.1f}")
+    finally:
+        if pool:
+            pool.terminate()
+    return written, line_counts
+
+
+def remove_boilerplate_lines(args, report, line_counts, n_docs, src_path, dst_path):
+    """Step 4: drop boilerplate lines, now that we know in how many documents each occurs.
+    Returns the bytes left per source."""
+    sizes = defaultdict(int)
+    seen = defaultdict(set)
+    with open(src_path, encoding="utf-8") as fin, open(dst_path, "w", encoding="utf-8") as fout:
+        for line in tqdm(fin, desc="boilerplate", unit="doc", total=n_docs, dynamic_ncols=True,
+                         mininterval=1):
+            doc = json.loads(line)
+            src = doc["source"]
+            text, n = dedup.remove_boilerplate(doc["text"], doc["kind"], line_counts[src], seen[src],
+                                               args.boilerplate_chars, args.boilerplate_docs)
+            report.sources[src]["boilerplate_lines"] += n
+            if n and (not text.strip() or (doc["kind"] == "prose" and len(text.split()) < 50)):
+                report.remove("boilerplate", doc, doc["bytes_in"], f"{n} boilerplate lines, little left")
+                continue
+            sizes[src] += len(text.encode())
+            fout.write(json.dumps(doc | {"text": text}, ensure_ascii=False) + "\n")
+    return sizes
+
+
+def mix_split_and_write(args, report, quotas, src_path, corpus_path):
+    """Steps 5-6: keep each source within its quota, split train/validation and write the
+    corpus atomically, streaming: one document in memory at a time. Returns the totals."""
+    taken = defaultdict(int)
+    totals = defaultdict(int)
+    with open(src_path, encoding="utf-8") as fin, atomic_open(corpus_path) as fout:
+        for line in fin:
+            doc = json.loads(line)
+            src, text = doc["source"], doc["text"]
+            if quotas is not None and taken[src] + len(text.encode()) > quotas[src]:
+                text = fit_to_budget(text, doc["kind"], quotas[src] - taken[src])
+                report.sources[src]["cut_by_cap"] += 1
+                if text is None:
+                    continue
+            nbytes = len(text.encode())
+            taken[src] += nbytes
+            split = split_of(text, args.val_fraction, args.split_seed)
+            record = {"id": doc["id"], "text": text, "source": src, "kind": doc["kind"],
+                      "licence": doc["licence"], "split": split}
+            fout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            report.sources[src]["docs_out"] += 1
+            report.sources[src]["bytes_out"] += nbytes
+            for key, value in (("docs", 1), ("bytes", nbytes), (f"{split}_docs", 1),
+                               (f"{split}_bytes", nbytes)):
+                totals[key] += value
+        if not totals["docs"]:
+            raise StageError("no document survived cleaning; check the inputs and the rules' thresholds")
+    if args.val_fraction > 0 and not totals["val_docs"]:
+        print("warning: the validation split is empty; raise --val-fraction or add documents",
+              file=sys.stderr)
+    return totals
+
+
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
@@ -371,128 +481,25 @@ def main(argv=None):
         archives[name] = sources.SOURCES[name].fetch()
         if archives[name] is not None:
             inputs[Path(archives[name]).name] = archives[name]
-    toxic_words = []
-    if args.max_toxicity > 0:
-        toxic_words = sources.load_toxic_words(args.toxic_words)
+    toxic_words = sources.load_toxic_words(args.toxic_words) if args.max_toxicity > 0 else []
     inputs.update({f"input:{p}": p for p in user_files})
-
-    # With a cap, each source reads until it holds 1.5x its weighted share of the cap (room
-    # for what deduplication removes), so a 2 MB run does not clean 40 MB first.
-    cap = int(args.max_mb * 1e6)
-    collect_limit = {}
-    if cap:
-        total_w = sum(args.weights.get(n, 1.0) for n in args.source_names) or 1
-        collect_limit = {n: 1.5 * cap * args.weights.get(n, 1.0) / total_w for n in args.source_names}
-    collected = defaultdict(int)
-
     config = {"toxic_words": toxic_words, "max_toxicity": args.max_toxicity,
               "num_perm": args.num_perm, "shingle_words": args.shingle_words}
+
     report = Report()
-    lsh = dedup.LSHIndex(args.num_perm, args.bands, args.jaccard)
-    exact_seen = set()
-    line_counts = defaultdict(lambda: defaultdict(int))   # source -> line key -> documents
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
     try:
-        # Steps 1-3: read, clean (in parallel, order preserved) and deduplicate, streaming.
-        pool = multiprocessing.Pool(args.workers, init_worker, (config,)) if args.workers > 1 else None
-        if pool is None:
-            init_worker(config)
-        cleaned = work / "cleaned.jsonl"
-        n_cleaned = 0
-        with open(cleaned, "w", encoding="utf-8") as f, \
-                tqdm(desc="clean+dedup", unit="doc", dynamic_ncols=True, mininterval=1) as bar:
-            docs = iter_documents(args, collect_limit, collected, archives)
-            # Small batches keep memory bounded and let the collect limits take effect.
-            for batch in batched(docs):
-                results = pool.imap(clean_document, batch, chunksize=2) if pool else map(clean_document, batch)
-                for raw, r in zip(batch, results):
-                    report.add_input(raw, r["bytes_in"], raw["replaced"])
-                    doc = r["doc"]
-                    nbytes = len(doc["text"].encode())
-                    bar.update(1)
-                    if r["removed"]:
-                        report.remove(r["removed"], doc, r["bytes_in"], r["detail"])
-                        continue
-                    if r["exact"] in exact_seen:
-                        report.remove("exact_duplicate", doc, r["bytes_in"], "same normalised text")
-                        continue
-                    exact_seen.add(r["exact"])
-                    if r["signature"] is not None:
-                        twin = lsh.add(doc["id"], r["signature"])
-                        if twin is not None:
-                            report.remove("near_duplicate", doc, r["bytes_in"], f"near copy of {twin}")
-                            continue
-                    for k, v in r["pii"].items():
-                        report.sources[doc["source"]]["pii_masked"][k] += v
-                    for line in dedup.boilerplate_candidates(doc["text"], doc["kind"], args.boilerplate_chars):
-                        line_counts[doc["source"]][dedup.line_key(line)] += 1
-                    doc["bytes_in"] = r["bytes_in"]
-                    f.write(json.dumps(doc, ensure_ascii=False) + "\n")
-                    collected[doc["source"]] += nbytes
-                    n_cleaned += 1
-                bar.set_postfix(source=batch[-1]["source"], kept_mb=f"{sum(collected.values()) / 1e6:.1f}")
-        if pool:
-            pool.close()
-            pool.join()
-
-        # Step 4: boilerplate lines, now that we know in how many documents each line occurs.
-        deboiled = work / "deboiled.jsonl"
-        sizes = defaultdict(int)
-        seen = defaultdict(set)
-        with open(cleaned, encoding="utf-8") as fin, open(deboiled, "w", encoding="utf-8") as fout:
-            for line in tqdm(fin, desc="boilerplate", unit="doc", total=n_cleaned, dynamic_ncols=True,
-                             mininterval=1):
-                doc = json.loads(line)
-                src = doc["source"]
-                text, n = dedup.remove_boilerplate(doc["text"], doc["kind"], line_counts[src], seen[src],
-                                                   args.boilerplate_chars, args.boilerplate_docs)
-                report.sources[src]["boilerplate_lines"] += n
-                if n and (not text.strip() or (doc["kind"] == "prose" and len(text.split()) < 50)):
-                    report.remove("boilerplate", doc, doc["bytes_in"], f"{n} boilerplate lines, little left")
-                    continue
-                doc["text"] = text
-                sizes[src] += len(text.encode())
-                fout.write(json.dumps(doc, ensure_ascii=False) + "\n")
-
-        # Steps 5-6: share the cap among sources, split train/validation and write the corpus
-        # atomically, streaming: one document in memory at a time.
-        quotas = mix_quotas(sizes, args.weights, cap) if cap else None
-        taken = defaultdict(int)
-        totals = defaultdict(int)
-        with open(deboiled, encoding="utf-8") as fin, atomic_open(out_dir / "corpus.jsonl") as fout:
-            for line in fin:
-                doc = json.loads(line)
-                src, text = doc["source"], doc["text"]
-                if quotas is not None and taken[src] + len(text.encode()) > quotas[src]:
-                    text = fit_to_budget(text, doc["kind"], quotas[src] - taken[src])
-                    report.sources[src]["cut_by_cap"] += 1
-                    if text is None:
-                        continue
-                nbytes = len(text.encode())
-                taken[src] += nbytes
-                split = split_of(text, args.val_fraction, args.split_seed)
-                record = {"id": doc["id"], "text": text, "source": src, "kind": doc["kind"],
-                          "licence": doc["licence"], "split": split}
-                fout.write(json.dumps(record, ensure_ascii=False) + "\n")
-                report.sources[src]["docs_out"] += 1
-                report.sources[src]["bytes_out"] += nbytes
-                for key, value in (("docs", 1), ("bytes", nbytes), (f"{split}_docs", 1),
-                                   (f"{split}_bytes", nbytes)):
-                    totals[key] += value
-            if not totals["docs"]:
-                raise StageError("no document survived cleaning; check the inputs and the "
-                                 "rules' thresholds")
-        if args.val_fraction > 0 and not totals["val_docs"]:
-            print("warning: the validation split is empty; raise --val-fraction or add documents",
-                  file=sys.stderr)
+        n_docs, line_counts = clean_and_deduplicate(args, archives, config, report, work / "cleaned.jsonl")
+        sizes = remove_boilerplate_lines(args, report, line_counts, n_docs, work / "cleaned.jsonl",
+                                         work / "deboiled.jsonl")
+        quotas = mix_quotas(sizes, args.weights, args.max_mb * 1e6) if args.max_mb else None
+        totals = mix_split_and_write(args, report, quotas, work / "deboiled.jsonl", out_dir / "corpus.jsonl")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    totals["seconds"] = time.time() - t0
-    totals = dict(totals)
-    rep = report.to_dict()
-    rep["totals"] = totals
-    rep["quotas"] = quotas
+    # The report and meta.json, written last: their presence says the corpus is complete.
+    totals = dict(totals, seconds=time.time() - t0)
+    rep = report.to_dict() | {"totals": totals, "quotas": quotas}
     write_json(out_dir / "report.json", rep)
     write_report_md(out_dir / "report.md", rep, totals)
     plot_report(out_dir / "report.png", rep)
@@ -500,9 +507,8 @@ def main(argv=None):
                   "top_ngram_max": filters.TOP_NGRAM_MAX, "dup_ngram_max": filters.DUP_NGRAM_MAX,
                   "max_toxicity": args.max_toxicity,
                   "lsh_threshold_curve": dedup.lsh_threshold(args.bands, args.num_perm // args.bands)}
-    write_meta(out_dir, FORMAT, VERSION, "data/prepare.py",
-               {k: v for k, v in vars(args).items()}, metrics=totals, inputs=inputs,
-               config=thresholds,
+    write_meta(out_dir, FORMAT, VERSION, "data/prepare.py", vars(args), metrics=totals,
+               inputs=inputs, config=thresholds,
                sources={n: {"what": sources.SOURCES[n].what, "carrier": sources.SOURCES[n].carrier}
                         for n in args.source_names})
     print(f"corpus: {totals['docs']:,} documents, {totals['bytes'] / 1e6:.1f} MB "
