@@ -10,4 +10,7 @@ OUT=${OUT:-out}
 # 1. Collect, clean and deduplicate the corpus (downloads its sources once into ~/.cache/llmpipe).
 $PY data/prepare.py --out-dir "$OUT/data"
 
+# 2. Train the byte-level BPE tokenizer and encode the corpus into token shards.
+$PY bpe.py --data-dir "$OUT/data" --out-dir "$OUT/tok"
+
 echo "pipeline done: see $OUT/"

@@ -4,5 +4,6 @@
 # then runs pytest. Extra arguments go to pytest, e.g. `./test.sh -k dedup`.
 source "$(dirname "$0")/env.sh"
 ensure_venv requirements.txt requirements-dev.txt
+.venv/bin/python tests/fetch.py
 
 exec .venv/bin/python -m pytest "$@"
