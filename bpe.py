@@ -45,7 +45,6 @@ import json
 import multiprocessing
 import os
 import random
-import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -152,7 +151,8 @@ def learn_bpe(chunk_counts, n_tokens, progress=False):
                 delta[p] -= f
             for p in zip(merged, merged[1:]):
                 delta[p] += f
-                where[p].add(i)
+                if p[0] == new or p[1] == new:            # other pairs already list word i
+                    where[p].add(i)
             words[i] = merged
         # 3. apply them; every changed count goes back on the heap
         del pair_counts[pair]
@@ -195,18 +195,28 @@ def special_regex(tokens):
 
 def byte_pair_merge(piece, ranks):
     """tiktoken's rule for one chunk: start from bytes, repeatedly merge the adjacent pair
-    whose concatenation has the lowest rank (leftmost on ties) until no pair is a token."""
+    whose concatenation has the lowest rank (leftmost on ties) until no pair is a token.
+
+    pair_ranks[i] is the rank of parts[i] + parts[i + 1] (NO_MERGE if it is not a token);
+    after a merge at i only the two pairs around it change.
+    """
     parts = [piece[i:i + 1] for i in range(len(piece))]
-    while len(parts) > 1:
-        best, best_i = None, -1
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and (best is None or r < best):
-                best, best_i = r, i
-        if best is None:
+    pair_ranks = [ranks.get(a + b, NO_MERGE) for a, b in zip(parts, parts[1:])]
+    while pair_ranks:
+        best = min(pair_ranks)
+        if best == NO_MERGE:
             break
-        parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+        i = pair_ranks.index(best)                      # the leftmost of the lowest rank
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        del pair_ranks[i]
+        if i < len(pair_ranks):
+            pair_ranks[i] = ranks.get(parts[i] + parts[i + 1], NO_MERGE)
+        if i > 0:
+            pair_ranks[i - 1] = ranks.get(parts[i - 1] + parts[i], NO_MERGE)
     return [ranks[p] for p in parts]
+
+
+NO_MERGE = 1 << 62
 
 
 class Tokenizer:
