@@ -13,4 +13,7 @@ $PY data/prepare.py --out-dir "$OUT/data"
 # 2. Train the byte-level BPE tokenizer and encode the corpus into token shards.
 $PY bpe.py --data-dir "$OUT/data" --out-dir "$OUT/tok"
 
+# 3. Pretrain the tiny GPT on the shards (torchrun train.py ... for many GPUs: see README).
+$PY train.py --data-dir "$OUT/tok" --out-dir "$OUT/pretrain"
+
 echo "pipeline done: see $OUT/"

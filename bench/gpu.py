@@ -1,0 +1,148 @@
+"""One GPU script, at most 4 minutes: first check results on the device, then time training.
+
+Checks (fail loudly, before any timing): the model's loss and gradients on the device equal
+the CPU's (fp32); bf16 autocast stays close to fp32; KV-cache generation equals the full
+forward pass; a few AdamW steps lower the loss.
+Timing: the `gpt2` preset (124M parameters, GPT-2's 50,304-id vocabulary, block 1,024) in bf16
+autocast, eager and torch.compile'd: tokens/s and MFU against the datasheet dense bf16 peak
+(989 TFLOP/s for H100/H200). The kernels issue adds its kernel-vs-torch table here.
+
+Written for torch 2.11 / Triton 3.6 (what the lent GPU machine has): no newer API.
+
+Run:
+    python bench/gpu.py                         # on a CUDA machine; prints a table, writes JSON
+    python bench/gpu.py --device cpu --preset tiny --steps 2 --no-compile   # a smoke run
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import train  # noqa: E402
+from model import GPT, PRESETS, GPTConfig, flops_per_token  # noqa: E402
+
+
+def check(device):
+    """Correctness on the device, on a small model."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=512, block_size=128, n_layer=2, n_head=4, n_kv_head=2, n_embd=128)
+    cpu = GPT(cfg)
+    dev = GPT(cfg).to(device)
+    dev.load_state_dict(cpu.state_dict())
+    x = torch.randint(0, 512, (4, 128))
+    y = torch.roll(x, -1, 1)
+    _, l_cpu = cpu(x, y)
+    l_cpu.backward()
+    _, l_dev = dev(x.to(device), y.to(device))
+    l_dev.backward()
+    assert abs(l_cpu.item() - l_dev.item()) < 1e-4, f"fp32 loss differs: {l_cpu.item()} vs {l_dev.item()}"
+    worst = max((a.grad - b.grad.cpu()).abs().max().item() for a, b in zip(cpu.parameters(), dev.parameters()))
+    assert worst < 1e-4, f"fp32 gradients differ by {worst}"
+    if str(device).startswith("cuda"):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, l_bf = dev(x.to(device), y.to(device))
+        assert abs(l_bf.item() - l_dev.item()) < 0.05, f"bf16 loss {l_bf.item()} far from fp32 {l_dev.item()}"
+    dev.eval()
+    out = dev.generate([[1, 2, 3], [4]], 16, temperature=0)
+    for prompt, new in zip([[1, 2, 3], [4]], out):
+        seq = list(prompt)
+        for _ in range(16):
+            logits, _ = dev(torch.tensor([seq], device=device))
+            seq.append(int(logits[0, -1].argmax()))
+        assert seq[len(prompt):] == new, "KV-cache generation differs from the full forward"
+    dev.train()
+    opt = train.AdamW(train.param_groups(dev, 0.0), lr=3e-3)
+    first = None
+    for _ in range(20):
+        _, loss = dev(x.to(device), y.to(device))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        first = first or loss.item()
+    assert loss.item() < first - 0.5, f"loss did not fall: {first} -> {loss.item()}"
+    return {"fp32_loss_cpu": l_cpu.item(), "fp32_loss_device": l_dev.item(), "max_grad_diff": worst}
+
+
+def time_training(device, preset, micro_batch, steps, compile_model, dtype):
+    cfg = GPTConfig(vocab_size=50304 if preset.startswith("gpt2") else 8192, **PRESETS[preset])
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device)
+    n = sum(p.numel() for p in model.parameters())
+    opt = train.AdamW(train.param_groups(model, 0.1), lr=1e-4)
+    run = torch.compile(model) if compile_model else model
+    is_cuda = str(device).startswith("cuda")
+    ctx = torch.autocast("cuda" if is_cuda else "cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+    x = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size), device=device)
+    y = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size), device=device)
+    times = []
+    for i in range(steps + 2):                    # two warm-up steps (compilation happens there)
+        if is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with ctx:
+            _, loss = run(x, y)
+        loss.backward()
+        train.clip_grad_norm(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        if is_cuda:
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    dt = statistics.median(times)
+    tokens = micro_batch * cfg.block_size
+    peak = train.peak_flops(device)
+    achieved = tokens / dt * flops_per_token(cfg, n)
+    return {"preset": preset, "params": n, "dtype": dtype, "compiled": compile_model,
+            "tokens_per_step": tokens, "step_s": dt, "tokens_per_s": tokens / dt,
+            "model_tflops": achieved / 1e12, "peak_tflops": peak / 1e12 if peak else None,
+            "mfu": achieved / peak if peak else None,
+            "max_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if is_cuda else None}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda", help="cuda (or cpu for a smoke run)")
+    p.add_argument("--preset", default="gpt2", help="model size to time")
+    p.add_argument("--micro-batch", type=int, default=16, help="sequences per step")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing")
+    p.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu.json")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    info = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    t0 = time.time()
+    info["checks"] = check(device)
+    print(f"checks passed on {info['device']} ({time.time() - t0:.0f} s)")
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    runs = [time_training(device, args.preset, args.micro_batch, args.steps, False, dtype)]
+    if not args.no_compile:
+        runs.append(time_training(device, args.preset, args.micro_batch, args.steps, True, dtype))
+    info["training"] = runs
+    print("\n| preset | params | dtype | compiled | tokens/s | model TFLOP/s | MFU | memory GB |")
+    print("|---|---:|---|---|---:|---:|---:|---:|")
+    for r in runs:
+        mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "-"
+        mem = f"{r['max_memory_gb']:.1f}" if r["max_memory_gb"] is not None else "-"
+        print(f"| {r['preset']} | {r['params'] / 1e6:.0f}M | {r['dtype']} | {r['compiled']} | "
+              f"{r['tokens_per_s']:,.0f} | {r['model_tflops']:.1f} | {mfu} | {mem} |")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "gpu.json").write_text(json.dumps(info, indent=2))
+    print(f"\n{time.time() - t0:.0f} s in all; results in {Path(args.out) / 'gpu.json'}")
+
+
+if __name__ == "__main__":
+    main()

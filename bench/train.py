@@ -1,0 +1,89 @@
+"""Benchmark of a training step on this machine's CPU: tokens/s and MFU for the `tiny` and
+`small` presets, fp32 and bf16 autocast.
+
+MFU (model FLOPs utilisation, Chowdhery et al. 2022) = achieved model FLOP/s / peak FLOP/s,
+where achieved = tokens/s x FLOPs per token (6N + attention, model.flops_per_token). On a CPU
+no datasheet figure fits, so the peak is what torch's own fp32 matmul reaches here on large
+square matrices, measured in the same run: the ratio says how close a whole training step
+(attention, norms, the loss, the optimizer) comes to the best case of its main operation.
+
+Run:
+    python bench/train.py                    # tiny and small, fp32 and bf16, median of 3 steps
+    python bench/train.py --presets tiny --steps 5
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import train  # noqa: E402
+from model import GPT, PRESETS, GPTConfig, flops_per_token  # noqa: E402
+
+
+def matmul_peak(n=2048, reps=5):
+    """Best fp32 matmul rate on n x n matrices, FLOP/s (median of reps after a warm-up)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def step_time(cfg, micro_batch, dtype, steps):
+    """Median seconds of one optimizer step (forward, backward, clip, AdamW) on random tokens."""
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    opt = train.AdamW(train.param_groups(model, 0.1), lr=1e-3)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+    x = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size))
+    y = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size))
+    times = []
+    for i in range(steps + 1):                       # the first step is the warm-up
+        t0 = time.perf_counter()
+        with ctx:
+            _, loss = model(x, y)
+        loss.backward()
+        train.clip_grad_norm(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), sum(p.numel() for p in model.parameters())
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", nargs="+", default=["tiny", "small"], help="model sizes")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], help="autocast precisions")
+    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary (bpe.py's default)")
+    p.add_argument("--micro-batch", type=int, default=8, help="sequences per step")
+    p.add_argument("--steps", type=int, default=3, help="timed steps (median)")
+    args = p.parse_args()
+
+    peak = matmul_peak()
+    print(f"\nTraining step on the CPU ({torch.get_num_threads()} threads), median of {args.steps} steps; "
+          f"peak = fp32 matmul 2048^3 measured now: {peak / 1e9:.1f} GFLOP/s\n")
+    print("| preset | params | dtype | tokens/step | step s | tokens/s | model GFLOP/s | MFU vs matmul peak |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for name in args.presets:
+        cfg = GPTConfig(vocab_size=args.vocab_size, **PRESETS[name])
+        for dtype in args.dtypes:
+            dt, n = step_time(cfg, args.micro_batch, dtype, args.steps)
+            tokens = args.micro_batch * cfg.block_size
+            achieved = tokens / dt * flops_per_token(cfg, n)
+            print(f"| {name} | {n / 1e6:.1f}M | {dtype} | {tokens:,} | {dt:.2f} | {tokens / dt:,.0f} | "
+                  f"{achieved / 1e9:.1f} | {achieved / peak:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
