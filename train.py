@@ -205,9 +205,10 @@ def setup_device(args):
     return device, rank, world, local
 
 
-def peak_flops(device):
+def peak_flops(device, dtype="fp32"):
     """The device's peak FLOP/s for MFU: the datasheet dense bf16 rate on known GPUs, a
-    measured fp32 matmul rate on the CPU (no datasheet number fits an arbitrary CPU)."""
+    measured matmul rate in the training precision on the CPU (no datasheet number fits an
+    arbitrary CPU)."""
     if str(device).startswith("cuda"):
         name = torch.cuda.get_device_name(device)
         for key, flops in (("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L4", 121e12),
@@ -215,7 +216,8 @@ def peak_flops(device):
             if key in name:
                 return flops
         return None
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a = torch.randn(1024, 1024, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    b = torch.randn_like(a)
     a @ b
     t0 = time.perf_counter()
     for _ in range(10):
@@ -252,7 +254,7 @@ def evaluate(model, val, args, block, byte_lengths, ctx, device):
 def sample_texts(model, tokenizer, n, step, seed, device):
     prompts = ["The", "def ", "In the year", "KING"][:n]
     gen = torch.Generator(device=device).manual_seed(seed + step)
-    ids = [tokenizer.encode_ordinary(p) for p in prompts]
+    ids = [[tokenizer.special("<|endoftext|>")] + tokenizer.encode_ordinary(p) for p in prompts]   # a document start
     model.eval()
     out = model.generate(ids, 40, temperature=0.8, top_k=50, stop_tokens={tokenizer.special("<|endoftext|>")},
                          generator=gen)
@@ -332,7 +334,7 @@ def main(argv=None):
 
     n_params = raw.num_params()
     fpt = flops_per_token(cfg, n_params)
-    peak = peak_flops(device) if master else None
+    peak = peak_flops(device, dtype) if master else None
     byte_lengths = token_byte_lengths(tokenizer, cfg.vocab_size)
     tok_path = Path(args.data_dir) / "tokenizer.json"
     if master:

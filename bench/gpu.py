@@ -99,7 +99,7 @@ def time_training(device, preset, micro_batch, steps, compile_model, dtype):
             times.append(time.perf_counter() - t0)
     dt = statistics.median(times)
     tokens = micro_batch * cfg.block_size
-    peak = train.peak_flops(device)
+    peak = train.peak_flops(device, dtype)
     achieved = tokens / dt * flops_per_token(cfg, n)
     return {"preset": preset, "params": n, "dtype": dtype, "compiled": compile_model,
             "tokens_per_step": tokens, "step_s": dt, "tokens_per_s": tokens / dt,

@@ -3,8 +3,8 @@
 
 MFU (model FLOPs utilisation, Chowdhery et al. 2022) = achieved model FLOP/s / peak FLOP/s,
 where achieved = tokens/s x FLOPs per token (6N + attention, model.flops_per_token). On a CPU
-no datasheet figure fits, so the peak is what torch's own fp32 matmul reaches here on large
-square matrices, measured in the same run: the ratio says how close a whole training step
+no datasheet figure fits, so the peak is what torch's own matmul reaches here on large
+square matrices in the same precision, measured in the same run: the ratio says how close a whole training step
 (attention, norms, the loss, the optimizer) comes to the best case of its main operation.
 
 Run:
@@ -27,9 +27,10 @@ import train  # noqa: E402
 from model import GPT, PRESETS, GPTConfig, flops_per_token  # noqa: E402
 
 
-def matmul_peak(n=2048, reps=5):
-    """Best fp32 matmul rate on n x n matrices, FLOP/s (median of reps after a warm-up)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(dtype, n=2048, reps=5):
+    """Matmul rate on n x n matrices in `dtype`, FLOP/s (median of reps after a warm-up)."""
+    a = torch.randn(n, n, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    b = torch.randn_like(a)
     a @ b
     times = []
     for _ in range(reps):
@@ -70,11 +71,11 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     args = p.parse_args()
 
-    peak = matmul_peak()
+    peaks = {d: matmul_peak(d) for d in args.dtypes}
     print(f"\nTraining step on the CPU ({torch.get_num_threads()} threads), median of {args.steps} steps; "
-          f"peak = fp32 matmul 2048^3 measured now: {peak / 1e9:.1f} GFLOP/s\n")
-    print("| preset | params | dtype | tokens/step | step s | tokens/s | model GFLOP/s | MFU vs matmul peak |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+          f"peak = a 2048^3 matmul in the same precision, measured now\n")
+    print("| preset | params | dtype | tokens/step | step s | tokens/s | model GFLOP/s | matmul peak GFLOP/s | MFU |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for name in args.presets:
         cfg = GPTConfig(vocab_size=args.vocab_size, **PRESETS[name])
         for dtype in args.dtypes:
@@ -82,7 +83,7 @@ def main():
             tokens = args.micro_batch * cfg.block_size
             achieved = tokens / dt * flops_per_token(cfg, n)
             print(f"| {name} | {n / 1e6:.1f}M | {dtype} | {tokens:,} | {dt:.2f} | {tokens / dt:,.0f} | "
-                  f"{achieved / 1e9:.1f} | {achieved / peak:.2f} |")
+                  f"{achieved / 1e9:.1f} | {peaks[dtype] / 1e9:.1f} | {achieved / peaks[dtype]:.2f} |")
 
 
 if __name__ == "__main__":

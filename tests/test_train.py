@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import bpe
+import sample
 import train
 from common import StageError
 from model import GPT, IGNORE_INDEX, GPTConfig, bits_per_byte, load_checkpoint, sample_next
@@ -191,7 +192,7 @@ def weights(out):
     return torch.load(Path(out) / "model.pt", weights_only=True)["model"]
 
 
-def test_training_lowers_validation_loss_and_writes_a_checkpoint(tok_dir, tmp_path):
+def test_training_lowers_validation_loss_and_writes_a_checkpoint(tok_dir, tmp_path, capsys):
     proc = run_train(tok_dir, tmp_path, "--max-steps", 30, "--batch-tokens", 256, "--eval-every", 10)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "meta.json").read_text())
@@ -204,6 +205,13 @@ def test_training_lowers_validation_loss_and_writes_a_checkpoint(tok_dir, tmp_pa
     log = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(log[0])
     assert (tmp_path / "loss.png").exists() and (tmp_path / "lr.png").exists()
+    # sample.py reads it
+    sample.main([str(tmp_path), "--prompt", "The", "--max-new-tokens", "5", "--num-samples", "2"])
+    assert capsys.readouterr().out.count("--- sample") == 2
+    # a tokenizer that is not the model's: refused
+    bpe.Tokenizer.train([english_doc(i) for i in range(200, 230)], 320).save(tmp_path / "tokenizer.json")
+    with pytest.raises(StageError, match="do not belong together"):
+        load_checkpoint(tmp_path)
 
 
 def test_two_process_ddp_equals_one_process_accumulation(tok_dir, tmp_path):
