@@ -4,6 +4,8 @@
                -> norm -> LM head (tied to the embedding by default) -> logits (B, T, vocab)
 
 - RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * w, computed in fp32.
+  RMSNorm, the SwiGLU gate and the loss go through kernels/: fused Triton kernels on CUDA,
+  their PyTorch twins elsewhere (kernels.set_backend, train.py --kernels, overrides).
 - Causal self-attention with rotary position embeddings (Su et al. 2021): each query/key pair
   of channels is rotated by an angle proportional to the position, so q.k depends only on
   the distance between tokens. Optional grouped-query attention (Ainslie et al. 2023):
@@ -32,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kernels
 from common import StageError, atomic_open
 
 IGNORE_INDEX = -100
@@ -82,9 +85,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        xf = x.float()                                  # fp32 even under bf16 autocast
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xf.type_as(x) * self.weight
+        return kernels.rms_norm(x, self.weight, self.eps)      # in fp32 even under bf16 autocast
 
 
 def rope_tables(head_dim, length, theta):
@@ -139,7 +140,7 @@ class MLP(nn.Module):
         self.w2.residual = True
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(kernels.swiglu(self.w1(x), self.w3(x)))
 
 
 class Block(nn.Module):
@@ -216,8 +217,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)                                                  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
+            loss = kernels.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), IGNORE_INDEX)
         return logits, loss
 
     # ------------------------------------------------------------------------- generation

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import bpe
+import kernels
 from common import StageError, atomic_open, git_commit, package_versions, run_main, sha256_file
 from model import PRESETS, GPT, GPTConfig, bits_per_byte, flops_per_token, save_checkpoint, token_byte_lengths
 
@@ -78,6 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto",
                    help="autocast precision: auto = bf16 on CUDA, fp32 elsewhere")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--kernels", choices=["auto", "torch", "triton"], default="auto",
+                   help="fused Triton kernels or their PyTorch twins; auto = Triton on CUDA only")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per process; 0 = torch's default")
     p.add_argument("--seed", type=int, default=1337, help="initialisation and data order")
     return p.parse_args(argv)
@@ -291,6 +294,10 @@ def plot_curves(out_dir, log):
 def main(argv=None):
     args = parse_args(argv)
     device, rank, world, local = setup_device(args)
+    try:
+        kernels.set_backend(args.kernels)
+    except RuntimeError as e:
+        raise StageError(str(e)) from None
     master = rank == 0
     out = Path(args.out_dir)
     dtype = args.dtype if args.dtype != "auto" else ("bf16" if str(device).startswith("cuda") else "fp32")

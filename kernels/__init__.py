@@ -1,0 +1,64 @@
+"""Triton kernels for the GPU hot path (kernels/triton_*.py), each with a plain PyTorch twin
+of the same meaning and signature (kernels/twins.py).
+
+    rms_norm(x, weight, eps)                  fused RMSNorm, forward and backward
+    swiglu(a, b)                              fused silu(a) * b, forward and backward
+    cross_entropy(logits, targets, ignore)    chunked over the vocabulary, no fp32 copy
+
+The model calls these names; which implementation runs is chosen at run time, never saved in
+a checkpoint: `set_backend("auto")` (the default) runs Triton on CUDA tensors and the twin
+elsewhere; "torch" or "triton" force one (train.py --kernels). Tests run the Triton versions
+on the CPU with TRITON_INTERPRET=1 set before this package is imported.
+"""
+
+import os
+
+from kernels import twins
+
+BACKENDS = ("auto", "torch", "triton")
+_backend = "auto"
+
+
+def set_backend(name):
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"kernel backend {name!r}: choose one of {BACKENDS}")
+    if name == "triton":
+        _triton()                                   # fail now, not at the first forward pass
+    _backend = name
+
+
+def _use_triton(x):
+    return _backend == "triton" or (_backend == "auto" and x.is_cuda)
+
+
+def _triton():
+    """The Triton implementations, imported on first use (Triton is optional on a CPU)."""
+    if not (os.environ.get("TRITON_INTERPRET") == "1" or _cuda_available()):
+        raise RuntimeError("Triton kernels need a CUDA GPU, or TRITON_INTERPRET=1 to run them "
+                           "(slowly) on the CPU; use --kernels torch")
+    from kernels import triton_cross_entropy, triton_rmsnorm, triton_swiglu
+    return triton_rmsnorm, triton_swiglu, triton_cross_entropy
+
+
+def _cuda_available():
+    import torch
+    return torch.cuda.is_available()
+
+
+def rms_norm(x, weight, eps):
+    if _use_triton(x):
+        return _triton()[0].rms_norm(x, weight, eps)
+    return twins.rms_norm(x, weight, eps)
+
+
+def swiglu(a, b):
+    if _use_triton(a):
+        return _triton()[1].swiglu(a, b)
+    return twins.swiglu(a, b)
+
+
+def cross_entropy(logits, targets, ignore_index=-100):
+    if _use_triton(logits):
+        return _triton()[2].cross_entropy(logits, targets, ignore_index)
+    return twins.cross_entropy(logits, targets, ignore_index)

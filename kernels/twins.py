@@ -1,0 +1,35 @@
+"""The plain PyTorch twin of every kernel: the same meaning and signature, the reference the
+Triton versions are tested against, and what the model runs where Triton cannot (CPU, MPS)."""
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x, weight, eps):
+    """x / sqrt(mean(x^2) + eps) * weight over the last dimension, computed in fp32."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return xf.type_as(x) * weight
+
+
+def swiglu(a, b):
+    """silu(a) * b, the gate of a SwiGLU MLP."""
+    return F.silu(a) * b
+
+
+def cross_entropy(logits, targets, ignore_index=-100):
+    """Mean next-token cross-entropy over the rows whose target is not ignore_index.
+    logits (N, V), targets (N,)."""
+    return F.cross_entropy(logits.float(), targets, ignore_index=ignore_index)
+
+
+def attention(q, k, v, causal=True):
+    """Softmax attention on (B, n_head, T, head_dim); k, v may have fewer (grouped) heads."""
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def matmul(a, b):
+    return a @ b

@@ -1,0 +1,68 @@
+"""kernels/: every Triton kernel against its PyTorch twin, forward and backward, on the CPU
+through Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py)."""
+
+import pytest
+import torch
+
+import kernels
+from kernels import triton_cross_entropy, triton_rmsnorm, triton_swiglu, twins
+
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2)}
+
+
+def grads(fn, *inputs, seed=0):
+    """Outputs and input gradients of fn under a fixed random upstream gradient."""
+    inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    out = fn(*inputs)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.dtype)
+    (out.float() * g.float()).sum().backward()
+    return out.detach(), [t.grad for t in inputs if t.requires_grad]
+
+
+def assert_same(ours, ref, dtype):
+    (o1, g1), (o2, g2) = ours, ref
+    assert torch.allclose(o1.float(), o2.float(), **TOL[dtype])
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a.float(), b.float(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("shape", [(3, 7, 64), (5, 100)])          # a width that is not a power of 2
+def test_rms_norm(dtype, shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape).to(dtype)
+    w = (1 + 0.1 * torch.randn(shape[-1])).to(dtype)
+    assert_same(grads(lambda a, b: triton_rmsnorm.rms_norm(a, b, 1e-5), x, w),
+                grads(lambda a, b: twins.rms_norm(a, b, 1e-5), x, w), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_swiglu(dtype):
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 100, 37).to(dtype), torch.randn(3, 100, 37).to(dtype)
+    assert_same(grads(triton_swiglu.swiglu, a, b), grads(twins.swiglu, a, b), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cross_entropy_with_ignored_rows_and_a_ragged_vocabulary(dtype):
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(50, 5000)).to(dtype)                  # V = 5000: chunked, ragged end
+    targets = torch.randint(0, 5000, (50,))
+    targets[::7] = -100
+    ours = grads(lambda l: triton_cross_entropy.cross_entropy(l, targets, -100), logits)
+    ref = grads(lambda l: twins.cross_entropy(l, targets, -100), logits)
+    assert_same(ours, ref, dtype)
+    assert ours[1][0].dtype == dtype                                  # the gradient stays in dtype
+
+
+def test_backend_dispatch():
+    x = torch.randn(4, 8)
+    kernels.set_backend("torch")
+    assert torch.equal(kernels.rms_norm(x, torch.ones(8), 1e-5), twins.rms_norm(x, torch.ones(8), 1e-5))
+    kernels.set_backend("triton")                     # allowed here: the interpreter is on
+    try:
+        assert torch.allclose(kernels.swiglu(x, x), twins.swiglu(x, x), atol=1e-6)
+    finally:
+        kernels.set_backend("auto")
+    with pytest.raises(ValueError):
+        kernels.set_backend("cuda")
