@@ -4,7 +4,7 @@
                -> norm -> LM head (tied to the embedding by default) -> logits (B, T, vocab)
 
 - RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) * w, computed in fp32.
-  RMSNorm, the SwiGLU gate and the loss go through kernels/: fused Triton kernels on CUDA,
+  Attention, RMSNorm, the SwiGLU gate and the loss go through kernels/: fused Triton kernels on CUDA,
   their PyTorch twins elsewhere (kernels.set_backend, train.py --kernels, overrides).
 - Causal self-attention with rotary position embeddings (Su et al. 2021): each query/key pair
   of channels is rotated by an angle proportional to the position, so q.k depends only on
@@ -121,12 +121,12 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:                            # generation: append, attend to all
             k, v = cache.update(k, v)
-        if self.n_kv_head != self.n_head:                # each kv head serves a group of queries
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
+        if mask is None:                                 # training, scoring: causal, fused on CUDA
+            y = kernels.attention(q, k, v, causal=True)
+        else:                                            # generation: padding and cache mask
+            if self.n_kv_head != self.n_head:            # each kv head serves a group of queries
+                k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+                v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, C))                        # (B, T, C)
 

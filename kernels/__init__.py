@@ -1,9 +1,13 @@
 """Triton kernels for the GPU hot path (kernels/triton_*.py), each with a plain PyTorch twin
 of the same meaning and signature (kernels/twins.py).
 
+    attention(q, k, v, causal)                FlashAttention-2 style, forward and backward
     rms_norm(x, weight, eps)                  fused RMSNorm, forward and backward
     swiglu(a, b)                              fused silu(a) * b, forward and backward
     cross_entropy(logits, targets, ignore)    chunked over the vocabulary, no fp32 copy
+    matmul(a, b)                              tiled, grouped ordering (teaching, benchmarks)
+
+kernels/README.md explains each one and records its measured figures.
 
 The model calls these names; which implementation runs is chosen at run time, never saved in
 a checkpoint: `set_backend("auto")` (the default) runs Triton on CUDA tensors and the twin
@@ -37,8 +41,8 @@ def _triton():
     if not (os.environ.get("TRITON_INTERPRET") == "1" or _cuda_available()):
         raise RuntimeError("Triton kernels need a CUDA GPU, or TRITON_INTERPRET=1 to run them "
                            "(slowly) on the CPU; use --kernels torch")
-    from kernels import triton_cross_entropy, triton_rmsnorm, triton_swiglu
-    return triton_rmsnorm, triton_swiglu, triton_cross_entropy
+    from kernels import triton_attention, triton_cross_entropy, triton_matmul, triton_rmsnorm, triton_swiglu
+    return triton_rmsnorm, triton_swiglu, triton_cross_entropy, triton_attention, triton_matmul
 
 
 def _cuda_available():
@@ -62,3 +66,15 @@ def cross_entropy(logits, targets, ignore_index=-100):
     if _use_triton(logits):
         return _triton()[2].cross_entropy(logits, targets, ignore_index)
     return twins.cross_entropy(logits, targets, ignore_index)
+
+
+def attention(q, k, v, causal=True):
+    if _use_triton(q) and q.shape[-1] in (32, 64, 128):
+        return _triton()[3].attention(q, k, v, causal)
+    return twins.attention(q, k, v, causal)
+
+
+def matmul(a, b):
+    if _use_triton(a):
+        return _triton()[4].matmul(a, b)
+    return twins.matmul(a, b)

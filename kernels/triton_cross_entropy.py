@@ -17,10 +17,8 @@ import triton
 import triton.language as tl
 
 
-# V is a compile-time constant: one compiled kernel per vocabulary size (fixed in a run), and the
-# interpreter needs it to unroll the chunk loop.
 @triton.jit
-def _ce_fwd(LOGITS, TARGETS, LOSS, LSE, stride, V: tl.constexpr, ignore_index, BLOCK: tl.constexpr):
+def _ce_fwd(LOGITS, TARGETS, LOSS, LSE, stride, V, ignore_index, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     base = LOGITS + row * stride
     target = tl.load(TARGETS + row)
@@ -41,7 +39,7 @@ def _ce_fwd(LOGITS, TARGETS, LOSS, LSE, stride, V: tl.constexpr, ignore_index, B
 
 
 @triton.jit
-def _ce_bwd(LOGITS, TARGETS, LSE, DLOGITS, SCALE, stride, V: tl.constexpr, ignore_index, BLOCK: tl.constexpr):
+def _ce_bwd(LOGITS, TARGETS, LSE, DLOGITS, SCALE, stride, V, ignore_index, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     scale = tl.load(SCALE)                                  # d loss / n_valid, read on the device
     target = tl.load(TARGETS + row)
