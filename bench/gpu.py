@@ -5,7 +5,9 @@ the CPU's (fp32); bf16 autocast stays close to fp32; KV-cache generation equals 
 forward pass; a few AdamW steps lower the loss.
 Timing: the `gpt2` preset (124M parameters, GPT-2's 50,304-id vocabulary, block 1,024) in bf16
 autocast, eager and torch.compile'd: tokens/s and MFU against the datasheet dense bf16 peak
-(989 TFLOP/s for H100/H200). The kernels issue adds its kernel-vs-torch table here.
+(989 TFLOP/s for H100/H200). Kernels (CUDA only): each Triton kernel against its twin on the
+device, then against torch's best (flash SDPA, F.rms_norm, F.cross_entropy, cuBLAS) in TFLOP/s
+or GB/s and as a ratio, with a measured copy bandwidth for the memory-bound ones.
 
 Written for torch 2.11 / Triton 3.6 (what the lent GPU machine has): no newer API.
 
@@ -71,6 +73,87 @@ def check(device):
     return {"fp32_loss_cpu": l_cpu.item(), "fp32_loss_device": l_dev.item(), "max_grad_diff": worst}
 
 
+def check_kernels(device):
+    """Each Triton kernel against its twin on the device, bf16 where training uses it."""
+    import kernels
+    from kernels import triton_attention, triton_cross_entropy, triton_matmul, triton_rmsnorm, triton_swiglu, twins
+    torch.manual_seed(0)
+    bf = torch.bfloat16
+    worst = {}
+    for T, D, causal in ((1000, 64, True), (256, 128, False)):
+        q, k, v = (torch.randn(2, 8, T, D, device=device, dtype=bf, requires_grad=True) for _ in range(3))
+        o1 = triton_attention.attention(q, k, v, causal)
+        o1.float().sum().backward()
+        g1 = [t.grad.clone() for t in (q, k, v)]
+        for t in (q, k, v):
+            t.grad = None
+        o2 = twins.attention(q, k, v, causal)
+        o2.float().sum().backward()
+        worst[f"attention T={T} D={D}"] = max((o1 - o2).abs().max().item(),
+                                              *[(a - t.grad).abs().max().item() for a, t in zip(g1, (q, k, v))])
+    x = torch.randn(4096, 768, device=device, dtype=bf)
+    w = torch.randn(768, device=device, dtype=bf)
+    worst["rms_norm"] = (triton_rmsnorm.rms_norm(x, w, 1e-5) - twins.rms_norm(x, w, 1e-5)).abs().max().item()
+    worst["swiglu"] = (triton_swiglu.swiglu(x, x) - twins.swiglu(x, x)).abs().max().item()
+    logits = torch.randn(512, 50304, device=device, dtype=bf)
+    t = torch.randint(0, 50304, (512,), device=device)
+    worst["cross_entropy"] = abs(triton_cross_entropy.cross_entropy(logits, t).item() - twins.cross_entropy(logits, t).item())
+    a, b = torch.randn(1000, 700, device=device, dtype=bf), torch.randn(700, 900, device=device, dtype=bf)
+    worst["matmul"] = ((triton_matmul.matmul(a, b).float() - (a @ b).float()).abs().max() / (a @ b).float().abs().max()).item()
+    bad = {name: err for name, err in worst.items() if err > 0.1}
+    assert not bad, f"kernels disagree with their twins: {bad}"
+    kernels.set_backend("auto")
+    return worst
+
+
+def time_kernels(device):
+    """Each kernel against its twin and torch's best, bf16: TFLOP/s or GB/s and the ratio."""
+    import torch.nn.functional as F
+    from triton.testing import do_bench
+    from kernels import triton_attention, triton_cross_entropy, triton_matmul, triton_rmsnorm, triton_swiglu, twins
+    bf, rows = torch.bfloat16, []
+    big = torch.empty(1 << 28, device=device, dtype=bf)                      # 512 MB
+    bandwidth = 2 * big.numel() * 2 / (do_bench(lambda: big.clone()) * 1e-3)  # read + write, bytes/s
+    rows.append(("memory copy (the bandwidth the memory-bound kernels aim at)", "GB/s", bandwidth / 1e9, None, None))
+    for D in (64, 128):
+        for T in (1024, 2048, 4096, 8192):
+            B, H = max(1, 16384 // T), 2048 // D
+            q, k, v = (torch.randn(B, H, T, D, device=device, dtype=bf, requires_grad=True) for _ in range(3))
+            flops = 4 * B * H * T * T * D * 0.5 * 3.5                            # causal, forward + backward (2.5x)
+
+            def step(fn):
+                o = fn(q, k, v, True)
+                o.backward(torch.ones_like(o))
+            ours = do_bench(lambda: step(triton_attention.attention))
+            sdpa = do_bench(lambda: step(lambda a, b, c, causal: F.scaled_dot_product_attention(a, b, c, is_causal=causal)))
+            rows.append((f"attention fwd+bwd D={D} T={T}", "TFLOP/s", flops / ours * 1e-9, flops / sdpa * 1e-9, sdpa / ours))
+    x = torch.randn(16384, 4096, device=device, dtype=bf)
+    w = torch.ones(4096, device=device, dtype=bf)
+    nbytes = 2 * x.numel() * 2
+    for name, ours_fn, twin_fn, best_fn in (
+            ("rms_norm forward", lambda: triton_rmsnorm.rms_norm(x, w, 1e-5), lambda: twins.rms_norm(x, w, 1e-5),
+             lambda: F.rms_norm(x, (4096,), w, 1e-5)),
+            ("swiglu forward", lambda: triton_swiglu.swiglu(x, x), lambda: twins.swiglu(x, x), lambda: F.silu(x) * x)):
+        ours, twin, best = do_bench(ours_fn), do_bench(twin_fn), do_bench(best_fn)
+        moved = nbytes * (1.5 if name.startswith("swiglu") else 1)
+        rows.append((name, "GB/s", moved / ours * 1e-6, moved / best * 1e-6, best / ours))
+        rows.append((f"  {name}: twin", "GB/s", moved / twin * 1e-6, None, None))
+    logits = torch.randn(16384, 50304, device=device, dtype=bf, requires_grad=True)
+    t = torch.randint(0, 50304, (16384,), device=device)
+    for name, fn in (("ours", lambda: triton_cross_entropy.cross_entropy(logits, t)),
+                     ("torch", lambda: F.cross_entropy(logits.float(), t))):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ms = do_bench(lambda: fn().backward())
+        peak = (torch.cuda.max_memory_allocated() - base) / 1e9
+        rows.append((f"cross_entropy fwd+bwd 16384x50304 ({name})", "ms | peak GB", ms, peak, None))
+    a, b = torch.randn(4096, 4096, device=device, dtype=bf), torch.randn(4096, 4096, device=device, dtype=bf)
+    flops = 2 * 4096 ** 3
+    ours, cublas = do_bench(lambda: triton_matmul.matmul(a, b)), do_bench(lambda: a @ b)
+    rows.append(("matmul 4096^3", "TFLOP/s", flops / ours * 1e-9, flops / cublas * 1e-9, cublas / ours))
+    return rows
+
+
 def time_training(device, preset, micro_batch, steps, compile_model, dtype):
     cfg = GPTConfig(vocab_size=50304 if preset.startswith("gpt2") else 8192, **PRESETS[preset])
     torch.manual_seed(0)
@@ -126,7 +209,16 @@ def main():
         info["triton"] = None
     t0 = time.time()
     info["checks"] = check(device)
+    if device.type == "cuda":
+        info["kernel_checks"] = check_kernels(device)
     print(f"checks passed on {info['device']} ({time.time() - t0:.0f} s)")
+    if device.type == "cuda":
+        info["kernels"] = time_kernels(device)
+        print("\n| kernel | unit | ours | torch's best | ratio ours/torch |")
+        print("|---|---|---:|---:|---:|")
+        for name, unit, ours, best, ratio in info["kernels"]:
+            fmt = lambda x: "-" if x is None else f"{x:,.2f}"  # noqa: E731
+            print(f"| {name} | {unit} | {fmt(ours)} | {fmt(best)} | {fmt(ratio)} |")
     dtype = "bf16" if device.type == "cuda" else "fp32"
     runs = [time_training(device, args.preset, args.micro_batch, args.steps, False, dtype)]
     if not args.no_compile:
