@@ -58,10 +58,10 @@ def parse_args(argv=None):
     # model
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size")
     p.add_argument("--block-size", type=int, default=0, help="context length; 0 = the preset's")
-    # batch and schedule (the defaults are the tiny CPU run of run.sh: 1.5M tokens in ~5.5 minutes)
+    # batch and schedule (the defaults are the tiny CPU run of run.sh: 1.3M tokens in ~5.5 minutes)
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per optimizer step, all processes together")
     p.add_argument("--micro-batch", type=int, default=16, help="sequences per forward pass per process")
-    p.add_argument("--max-steps", type=int, default=180, help="optimizer steps")
+    p.add_argument("--max-steps", type=int, default=160, help="optimizer steps")
     p.add_argument("--lr", type=float, default=5e-3, help="peak learning rate")
     p.add_argument("--min-lr-frac", type=float, default=0.1, help="final learning rate as a fraction of --lr")
     p.add_argument("--warmup-steps", type=int, default=20, help="linear warm-up steps")
@@ -70,9 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
     p.add_argument("--grad-clip", type=float, default=1.0, help="global gradient norm limit; 0 = off")
     # evaluation, logging, checkpoints
-    p.add_argument("--eval-every", type=int, default=45, help="steps between validation runs; 0 = only at the end")
+    p.add_argument("--eval-every", type=int, default=40, help="steps between validation runs; 0 = only at the end")
     p.add_argument("--eval-batches", type=int, default=8, help="micro-batches of validation per run")
-    p.add_argument("--ckpt-every", type=int, default=45, help="steps between checkpoints; 0 = only at the end")
+    p.add_argument("--ckpt-every", type=int, default=40, help="steps between checkpoints; 0 = only at the end")
     p.add_argument("--samples", type=int, default=2, help="samples printed at each validation; 0 = none")
     # system
     p.add_argument("--device", default="auto", help="cuda, mps or cpu; auto picks in that order")
