@@ -62,7 +62,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per optimizer step, all processes together")
     p.add_argument("--micro-batch", type=int, default=16, help="sequences per forward pass per process")
     p.add_argument("--max-steps", type=int, default=160, help="optimizer steps")
-    p.add_argument("--lr", type=float, default=5e-3, help="peak learning rate")
+    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (1e-2 beat 5e-3 and 2e-2 on the tiny run)")
     p.add_argument("--min-lr-frac", type=float, default=0.1, help="final learning rate as a fraction of --lr")
     p.add_argument("--warmup-steps", type=int, default=20, help="linear warm-up steps")
     p.add_argument("--weight-decay", type=float, default=0.1, help="decoupled weight decay (matrices only)")
