@@ -19,7 +19,6 @@ Run:
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import train  # noqa: E402
+from bench.train import step_time  # noqa: E402
 from model import GPT, PRESETS, GPTConfig, flops_per_token  # noqa: E402
 
 
@@ -156,31 +156,10 @@ def time_kernels(device):
 
 def time_training(device, preset, micro_batch, steps, compile_model, dtype):
     cfg = GPTConfig(vocab_size=50304 if preset.startswith("gpt2") else 8192, **PRESETS[preset])
-    torch.manual_seed(0)
-    model = GPT(cfg).to(device)
-    n = sum(p.numel() for p in model.parameters())
-    opt = train.AdamW(train.param_groups(model, 0.1), lr=1e-4)
-    run = torch.compile(model) if compile_model else model
-    is_cuda = str(device).startswith("cuda")
-    ctx = torch.autocast("cuda" if is_cuda else "cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
-    x = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size), device=device)
-    y = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size), device=device)
-    times = []
-    for i in range(steps + 2):                    # two warm-up steps (compilation happens there)
-        if is_cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with ctx:
-            _, loss = run(x, y)
-        loss.backward()
-        train.clip_grad_norm(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
-        if is_cuda:
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    dt = statistics.median(times)
+    is_cuda = device.type == "cuda"
+    if is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    dt, n = step_time(cfg, micro_batch, dtype, steps, device, compile_model, warmup=2)
     tokens = micro_batch * cfg.block_size
     peak = train.peak_flops(device, dtype)
     achieved = tokens / dt * flops_per_token(cfg, n)

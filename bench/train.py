@@ -40,24 +40,31 @@ def matmul_peak(dtype, n=2048, reps=5):
     return 2 * n ** 3 / statistics.median(times)
 
 
-def step_time(cfg, micro_batch, dtype, steps):
-    """Median seconds of one optimizer step (forward, backward, clip, AdamW) on random tokens."""
+def step_time(cfg, micro_batch, dtype, steps, device="cpu", compile_model=False, warmup=1):
+    """Median seconds of one optimizer step (forward, backward, clip, AdamW) on random tokens,
+    after `warmup` untimed steps (where torch.compile compiles). Also used by bench/gpu.py."""
     torch.manual_seed(0)
-    model = GPT(cfg)
+    model = GPT(cfg).to(device)
     opt = train.AdamW(train.param_groups(model, 0.1), lr=1e-3)
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
-    x = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size))
-    y = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size))
+    run = torch.compile(model) if compile_model else model
+    is_cuda = torch.device(device).type == "cuda"
+    ctx = torch.autocast("cuda" if is_cuda else "cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+    x = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size), device=device)
+    y = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size), device=device)
     times = []
-    for i in range(steps + 1):                       # the first step is the warm-up
+    for i in range(steps + warmup):
+        if is_cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         with ctx:
-            _, loss = model(x, y)
+            _, loss = run(x, y)
         loss.backward()
         train.clip_grad_norm(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
-        if i:
+        if is_cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times), sum(p.numel() for p in model.parameters())
 
