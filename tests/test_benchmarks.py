@@ -2,7 +2,6 @@
 the canonical solutions 1.0 and empty bodies 0.0 through the sandbox."""
 
 import itertools
-import os
 import sys
 from math import comb
 
