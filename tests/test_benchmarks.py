@@ -94,3 +94,18 @@ def test_continuation_logprob_matches_a_manual_computation_and_truncates_left():
     n = len(benchmarks.encode_pair(tok, long_ctx, "the mat")[1])
     manual = sum(torch.log_softmax(logits[0, i - 1], -1)[ids[i]].item() for i in range(17 - n, 17))
     assert benchmarks.continuation_logprob(model, tok, long_ctx, "the mat") == pytest.approx(manual, abs=1e-5)
+
+
+def test_contamination_finds_13_gram_overlaps_only():
+    question = "Which planet in our solar system has the largest number of known moons orbiting it today?"
+    items = {"q1": question,
+             "q2": "What is the boiling point of water at sea level measured in degrees Celsius by a thermometer?",
+             "short": "What is two plus two?"}
+    train = ["A page that quotes it: WHICH planet in our solar-system has the largest number of known moons, "
+             "orbiting it today? Saturn, says the page.",
+             # every 10th word changed: no 13 consecutive words survive
+             "What is the boiling point of water at sea level, in degrees of Celsius, by a thermometer?"]
+    r = benchmarks.contamination(train, items)
+    assert r["ids"] == ["q1"] and r["contaminated"] == 1
+    assert r["checked"] == 2 and r["too_short"] == 1 and r["fraction"] == 0.5
+    assert benchmarks.contamination([], items)["contaminated"] == 0
