@@ -9,7 +9,7 @@ autocast, eager and torch.compile'd: tokens/s and MFU against the datasheet dens
 device, then against torch's best (flash SDPA, F.rms_norm, F.cross_entropy, cuBLAS) in TFLOP/s
 or GB/s and as a ratio, with a measured copy bandwidth for the memory-bound ones.
 
-Written for torch 2.11 / Triton 3.6 (what the lent GPU machine has): no newer API.
+Written for torch 2.11 / Triton 3.6 (the versions on the GPU machine we test on): no newer API.
 
 Run:
     python bench/gpu.py                         # on a CUDA machine; prints a table, writes JSON
