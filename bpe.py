@@ -53,7 +53,7 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
-from common import StageError, atomic_open, fetch_pypi, run_main, sha256_file, write_meta
+from common import StageError, atomic_open, fetch_pypi, hash_inputs, run_main, sha256_file, write_meta
 
 # tiktoken's exact pre-tokenization patterns. GPT-4's (cl100k_base) splits numbers into groups
 # of at most 3 digits and keeps a word's leading punctuation or space with it.
@@ -597,7 +597,7 @@ def main(argv=None):
                         f"{split}_bytes_per_token": round(n_bytes / max(n_tok, 1), 3)})
     metrics["seconds"] = round(time.time() - t0, 1)
     write_meta(out, "tokens", 1, "bpe.py", vars(args), metrics,
-               inputs={"corpus": corpus_path},
+               inputs=hash_inputs({"corpus": corpus_path}),
                config={"vocab_size": tok.vocab_size, "pattern": tok.pattern},
                dtype=np.dtype(dtype).name,
                tokenizer={"sha256": tok.sha256(), "file_sha256": sha256_file(out / "tokenizer.json"),

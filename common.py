@@ -108,11 +108,17 @@ def package_versions(names=("numpy", "regex", "tqdm", "matplotlib", "torch")):
     return versions
 
 
+def hash_inputs(paths):
+    """{name: path} -> {name: {"path", "sha256"}}: what an artefact was made from. Computed
+    once per run (a stage that writes meta.json often, like train.py, keeps the result)."""
+    return {name: {"path": str(p), "sha256": sha256_file(p)} for name, p in paths.items()}
+
+
 def write_meta(out_dir, fmt, version, script, args, metrics, inputs=None, config=None, **extra):
     """Write `out_dir/meta.json`, the record every artefact directory carries.
 
-    `inputs` maps a name to a file path; each is stored with its sha256 so a later stage (or a
-    person) can tell exactly what this artefact was made from.
+    `inputs` is `hash_inputs(...)` of the files this artefact was made from, so a later stage
+    (or a person) can tell exactly what it came from.
     """
     meta = {
         "format": fmt,
@@ -122,8 +128,7 @@ def write_meta(out_dir, fmt, version, script, args, metrics, inputs=None, config
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "args": args,
         "config": config or {},
-        "inputs": {name: {"path": str(p), "sha256": sha256_file(p)}
-                   for name, p in (inputs or {}).items()},
+        "inputs": inputs or {},
         "metrics": metrics,
         "packages": package_versions(),
         **extra,

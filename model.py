@@ -322,9 +322,10 @@ def bits_per_byte(logits, targets, byte_lengths):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(out_dir, model, tokenizer_path, meta):
-    """Write model.pt (plain state_dict + config dict), a copy of the tokenizer, and meta.json,
-    each atomically. `model` must be the unwrapped module (not DDP, not compiled)."""
+def save_checkpoint(out_dir, model, tokenizer_path):
+    """Write model.pt (plain state_dict + config dict) and a copy of the tokenizer, each
+    atomically; the stage then writes meta.json (common.write_meta). `model` must be the
+    unwrapped module (not DDP, not compiled)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -333,8 +334,6 @@ def save_checkpoint(out_dir, model, tokenizer_path, meta):
     if Path(tokenizer_path).resolve() != (out_dir / "tokenizer.json").resolve():
         with atomic_open(out_dir / "tokenizer.json", "wb") as f:
             f.write(Path(tokenizer_path).read_bytes())
-    with atomic_open(out_dir / "meta.json") as f:
-        json.dump(meta, f, indent=2)
 
 
 def load_checkpoint(ckpt_dir, device="cpu"):

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 import bpe
 import kernels
-from common import StageError, atomic_open, git_commit, package_versions, run_main, sha256_file
+from common import StageError, atomic_open, hash_inputs, run_main, write_meta
 from model import PRESETS, GPT, GPTConfig, bits_per_byte, flops_per_token, save_checkpoint, token_byte_lengths
 
 FORMAT, VERSION = "checkpoint", 1
@@ -219,13 +219,20 @@ def peak_flops(device, dtype="fp32"):
             if key in name:
                 return flops
         return None
-    a = torch.randn(1024, 1024, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    return matmul_flops(dtype, n=1024, reps=10)
+
+
+def matmul_flops(dtype, n, reps):
+    """FLOP/s of an n x n matmul on the CPU in `dtype` (median of reps after a warm-up)."""
+    a = torch.randn(n, n, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
     b = torch.randn_like(a)
     a @ b
-    t0 = time.perf_counter()
-    for _ in range(10):
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
         a @ b
-    return 10 * 2 * 1024 ** 3 / (time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / float(np.median(times))
 
 
 def rng_state():
@@ -349,20 +356,18 @@ def main(argv=None):
         print(f"model: {args.preset}, {n_params / 1e6:.2f}M parameters, {fpt / 1e6:.1f} MFLOP/token; "
               f"{world} process(es) x {n_local} micro-batch(es) of {args.micro_batch} x {block} = "
               f"{args.batch_tokens:,} tokens/step; {dtype} on {device}")
-    inputs = {"tokenizer": tok_path, "train.bin": Path(args.data_dir) / "train.bin"} if master else {}
-    input_hashes = {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in inputs.items()}
+    inputs = hash_inputs({"tokenizer": tok_path, "train.bin": Path(args.data_dir) / "train.bin"}) if master else {}
+    tok_record = {"sha256": tokenizer.sha256(), "vocab_size": tokenizer.vocab_size,
+                  "special_tokens": tokenizer.special_tokens}
 
     def checkpoint(metrics):
         """train_state.pt first (self-contained: weights too), then the published model."""
         with atomic_open(out / "train_state.pt", "wb") as f:
             torch.save({"step": step, "model": raw.state_dict(), "optimizer": opt.state_dict(),
-                        "rng": rng_state(), "tokenizer_sha256": tokenizer.sha256()}, f)
-        meta = {"format": FORMAT, "version": VERSION, "script": "train.py", "args": vars(args),
-                "config": cfg.__dict__, "inputs": input_hashes, "metrics": metrics,
-                "tokenizer": {"sha256": tokenizer.sha256(), "vocab_size": tokenizer.vocab_size,
-                              "special_tokens": tokenizer.special_tokens}}
-        meta.update(git_commit=git_commit(), packages=package_versions())
-        save_checkpoint(out, raw, tok_path, meta)
+                        "rng": rng_state(), "tokenizer_sha256": tok_record["sha256"]}, f)
+        save_checkpoint(out, raw, tok_path)
+        write_meta(out, FORMAT, VERSION, "train.py", vars(args), metrics, inputs=inputs,
+                   config=cfg.__dict__, tokenizer=tok_record)
         with atomic_open(out / "log.jsonl") as f:
             f.writelines(json.dumps(r) + "\n" for r in log)
         plot_curves(out, log)

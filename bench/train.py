@@ -27,19 +27,6 @@ import train  # noqa: E402
 from model import GPT, PRESETS, GPTConfig, flops_per_token  # noqa: E402
 
 
-def matmul_peak(dtype, n=2048, reps=5):
-    """Matmul rate on n x n matrices in `dtype`, FLOP/s (median of reps after a warm-up)."""
-    a = torch.randn(n, n, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
-    b = torch.randn_like(a)
-    a @ b
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / statistics.median(times)
-
-
 def step_time(cfg, micro_batch, dtype, steps, device="cpu", compile_model=False, warmup=1):
     """Median seconds of one optimizer step (forward, backward, clip, AdamW) on random tokens,
     after `warmup` untimed steps (where torch.compile compiles). Also used by bench/gpu.py."""
@@ -78,7 +65,7 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     args = p.parse_args()
 
-    peaks = {d: matmul_peak(d) for d in args.dtypes}
+    peaks = {d: train.matmul_flops(d, n=2048, reps=5) for d in args.dtypes}
     print(f"\nTraining step on the CPU ({torch.get_num_threads()} threads), median of {args.steps} steps; "
           f"peak = a 2048^3 matmul in the same precision, measured now\n")
     print("| preset | params | dtype | tokens/step | step s | tokens/s | model GFLOP/s | matmul peak GFLOP/s | MFU |")

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
-from common import StageError, atomic_open, run_main, write_json, write_meta  # noqa: E402
+from common import StageError, atomic_open, hash_inputs, run_main, write_json, write_meta  # noqa: E402
 from data import dedup, filters, sources  # noqa: E402
 
 FORMAT, VERSION = "corpus", 1
@@ -332,7 +332,7 @@ def plot_report(path, report):
 
 # ----------------------------------------------------------------------------- main
 
-def iter_documents(args, collect_limit, collected, archives):
+def iter_documents(args, collect_limit, collected, archives, user_files):
     """All raw documents, source after source; a source stops once it has collected its limit."""
     for name in args.source_names:
         src = sources.SOURCES[name]
@@ -341,7 +341,7 @@ def iter_documents(args, collect_limit, collected, archives):
             if collected[name] >= collect_limit.get(name, float("inf")):
                 break
             yield doc
-    for path in sources.list_user_files(args.input):
+    for path in user_files:
         yield from sources.read_user_file(path)
 
 
@@ -358,7 +358,7 @@ def batched(docs, max_docs=64, max_bytes=1_000_000):
         yield batch
 
 
-def clean_and_deduplicate(args, archives, config, report, path):
+def clean_and_deduplicate(args, archives, user_files, config, report, path):
     """Steps 1-3: read every document, clean it in the worker pool (order preserved), then
     drop exact and near duplicates, streaming the survivors to `path`.
 
@@ -381,7 +381,7 @@ def clean_and_deduplicate(args, archives, config, report, path):
     try:
         with open(path, "w", encoding="utf-8") as f, \
                 tqdm(desc="clean+dedup", unit="doc", dynamic_ncols=True, mininterval=1) as bar:
-            docs = iter_documents(args, collect_limit, collected, archives)
+            docs = iter_documents(args, collect_limit, collected, archives, user_files)
             # Batches keep memory bounded and let the collect limits take effect.
             for batch in batched(docs):
                 results = pool.imap(clean_document, batch, chunksize=2) if pool else map(clean_document, batch)
@@ -473,7 +473,7 @@ def main(argv=None):
     t0 = time.time()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    user_files = sources.list_user_files(args.input)      # fail early on a bad path
+    user_files = sources.list_user_files(args.input)      # listed once; fails early on a bad path
 
     # Fetch what the run needs before any work, so a network problem fails in seconds.
     archives, inputs = {}, {}
@@ -489,7 +489,8 @@ def main(argv=None):
     report = Report()
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
     try:
-        n_docs, line_counts = clean_and_deduplicate(args, archives, config, report, work / "cleaned.jsonl")
+        n_docs, line_counts = clean_and_deduplicate(args, archives, user_files, config, report,
+                                                       work / "cleaned.jsonl")
         sizes = remove_boilerplate_lines(args, report, line_counts, n_docs, work / "cleaned.jsonl",
                                          work / "deboiled.jsonl")
         quotas = mix_quotas(sizes, args.weights, args.max_mb * 1e6) if args.max_mb else None
@@ -508,7 +509,7 @@ def main(argv=None):
                   "max_toxicity": args.max_toxicity,
                   "lsh_threshold_curve": dedup.lsh_threshold(args.bands, args.num_perm // args.bands)}
     write_meta(out_dir, FORMAT, VERSION, "data/prepare.py", vars(args), metrics=totals,
-               inputs=inputs, config=thresholds,
+               inputs=hash_inputs(inputs), config=thresholds,
                sources={n: {"what": sources.SOURCES[n].what, "carrier": sources.SOURCES[n].carrier}
                         for n in args.source_names})
     print(f"corpus: {totals['docs']:,} documents, {totals['bytes'] / 1e6:.1f} MB "

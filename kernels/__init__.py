@@ -15,6 +15,7 @@ elsewhere; "torch" or "triton" force one (train.py --kernels). Tests run the Tri
 on the CPU with TRITON_INTERPRET=1 set before this package is imported.
 """
 
+import functools
 import os
 
 from kernels import twins
@@ -36,8 +37,10 @@ def _use_triton(x):
     return _backend == "triton" or (_backend == "auto" and x.is_cuda)
 
 
+@functools.cache
 def _triton():
-    """The Triton implementations, imported on first use (Triton is optional on a CPU)."""
+    """The Triton implementations, imported on first use (Triton is optional on a CPU) and
+    remembered: this sits on the hot path of every kernel call."""
     if not (os.environ.get("TRITON_INTERPRET") == "1" or _cuda_available()):
         raise RuntimeError("Triton kernels need a CUDA GPU, or TRITON_INTERPRET=1 to run them "
                            "(slowly) on the CPU; use --kernels torch")
