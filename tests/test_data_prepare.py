@@ -148,6 +148,29 @@ def test_max_mb_keeps_a_mixture(tmp_path, word_list):
     assert sizes["small"] == pytest.approx(20_000, rel=0.1)
 
 
+def test_decontaminate_drops_documents_quoting_a_benchmark(tmp_path, word_list):
+    """A document quoting an ARC question and its answer (13+ words) goes with --decontaminate
+    and is reported; the same document stays without the flag."""
+    path = tmp_path / "docs.jsonl"
+    quote = ("Which statement best explains why photosynthesis is the foundation of most food webs? "
+             "Sunlight is the source of energy for nearly all ecosystems.")
+    with open(path, "w") as f:
+        for i in range(20):
+            f.write(json.dumps({"text": english_doc(i) + (" " + quote if i == 3 else ""), "source": "s"}) + "\n")
+    common = ["--sources", "none", "--input", path, "--toxic-words", word_list, "--workers", "1"]
+    proc = run_prepare(tmp_path / "kept", *common)
+    assert proc.returncode == 0, proc.stderr
+    assert sum(quote in d["text"] for d in read_corpus(tmp_path / "kept")) == 1
+    proc = run_prepare(tmp_path / "clean", *common, "--decontaminate", "arc_easy,gsm8k")
+    assert proc.returncode == 0, proc.stderr
+    assert not any(quote in d["text"] for d in read_corpus(tmp_path / "clean"))
+    report = json.loads((tmp_path / "clean" / "report.json").read_text())
+    assert report["rules"]["contamination"]["docs"] == 1
+    assert report["examples"]["contamination"][0]["reason"] == "shares 13 words with arc_easy"
+    proc = run_prepare(tmp_path / "x", *common, "--decontaminate", "arc")
+    assert proc.returncode == 2 and "unknown benchmark arc" in error_line(proc)
+
+
 # ----------------------------------------------------------------------------- pure helpers
 
 def test_mix_quotas_water_filling():

