@@ -403,22 +403,23 @@ def contamination(train_texts, items, n=13):
 
     items: {item id: text}. Items shorter than n words cannot be checked this way and are
     counted apart. Streams the training texts: memory holds the items' n-grams only.
-    Returns {"items", "checked", "too_short", "contaminated", "fraction", "ids"}.
+    Returns {"items", "checked", "too_short", "contaminated", "fraction", "ids", "short_ids"}.
     """
     owners = {}
-    too_short = 0
+    short = []
     for item_id, text in items.items():
         grams = word_ngrams(text, n)
-        too_short += not grams
+        if not grams:
+            short.append(item_id)
         for g in grams:
             owners.setdefault(g, set()).add(item_id)
     hit = set()
     for text in train_texts:
         for g in word_ngrams(text, n) & owners.keys():
             hit |= owners[g]
-    checked = len(items) - too_short
-    return {"items": len(items), "checked": checked, "too_short": too_short, "contaminated": len(hit),
-            "fraction": len(hit) / checked if checked else 0.0, "ids": sorted(hit)}
+    checked = len(items) - len(short)
+    return {"items": len(items), "checked": checked, "too_short": len(short), "contaminated": len(hit),
+            "fraction": len(hit) / checked if checked else 0.0, "ids": sorted(hit), "short_ids": short}
 
 
 def benchmark_ngrams(names, truthfulqa_csv=None, n=13):

@@ -270,16 +270,13 @@ def read_train_texts(corpus):
 def check_contamination(all_items, corpus):
     """{benchmark: contamination summary} over all items of each benchmark (not only the
     --limit sample), in one pass over the corpus' training split."""
-    owners = {}                                     # item key -> (benchmark, id)
-    for name, items in all_items.items():
-        for item in items:
-            owners[f"{name}/{item['id']}"] = item["text"]
+    texts = {f"{name}/{item['id']}": item["text"] for name, items in all_items.items() for item in items}
     result = benchmarks.contamination(tqdm(read_train_texts(corpus), desc="contamination", unit="doc",
-                                           mininterval=1, leave=False), owners)
+                                           mininterval=1, leave=False), texts)
     out = {}
     for name, items in all_items.items():
         hit = [k for k in result["ids"] if k.startswith(name + "/")]
-        checked = sum(1 for it in items if benchmarks.word_ngrams(it["text"]))
+        checked = len(items) - sum(k.startswith(name + "/") for k in result["short_ids"])
         out[name] = {"items": len(items), "checked": checked, "contaminated": len(hit),
                      "fraction": len(hit) / checked if checked else 0.0, "examples": hit[:5]}
     return out
@@ -303,8 +300,7 @@ def write_report(out_dir, results):
              "|---|---|---|---|" + "---|" * len(ckpts) + "---|"]
     for name, task in results["tasks"].items():
         if "unavailable" in task:
-            lines.append(f"| {name} | - | - | - | " + " | ".join("unavailable" for _ in ckpts) +
-                         f" | - |\n|  | *{task['unavailable']}* | | | " + " | " * len(ckpts))
+            lines.append(f"| {name} | - | - | - | " + " | ".join("unavailable" for _ in ckpts) + " | - |")
             continue
         cont = task.get("contamination")
         cont_cell = f"{cont['contaminated']:,} of {cont['checked']:,}" if cont else "-"
@@ -320,6 +316,8 @@ def write_report(out_dir, results):
             chance = next((c["scores"][name].get("chance") for c in ckpts.values() if name in c["scores"]), None)
             lines.append(f"| {name} | {m} | {task['n']:,} of {task['n_total']:,} | {fmt(chance)} | "
                          + " | ".join(cells) + f" | {cont_cell} |")
+    lines += [""] + [f"{name}: unavailable, {task['unavailable']}." for name, task in results["tasks"].items()
+                     if "unavailable" in task]
     with atomic_open(Path(out_dir) / "report.md") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -16,4 +16,12 @@ $PY bpe.py --data-dir "$OUT/data" --out-dir "$OUT/tok"
 # 3. Pretrain the tiny GPT on the shards (torchrun train.py ... for many GPUs: see README).
 $PY train.py --data-dir "$OUT/tok" --out-dir "$OUT/pretrain"
 
+# 4. The report card: held-out bits per byte, the benchmarks (a seeded sample of EVAL_LIMIT items
+#    each; EVAL_LIMIT=0 scores them all) and each benchmark's contamination of the corpus.
+#    TruthfulQA needs a TruthfulQA.csv (TRUTHFULQA_CSV); without one it is reported unavailable.
+TRUTHFULQA_CSV=${TRUTHFULQA_CSV:-../shared/data/truthfulqa/TruthfulQA.csv}
+[ -f "$TRUTHFULQA_CSV" ] || TRUTHFULQA_CSV=""
+$PY evaluate.py --ckpt "$OUT/pretrain" --data-dir "$OUT/tok" --corpus "$OUT/data/corpus.jsonl" \
+    --out-dir "$OUT/eval" --limit "${EVAL_LIMIT:-200}" --truthfulqa-csv "$TRUTHFULQA_CSV"
+
 echo "pipeline done: see $OUT/"
