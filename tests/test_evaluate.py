@@ -29,8 +29,15 @@ BYTES = bpe.Tokenizer.train(["a"], 256 + len(bpe.SPECIAL_TOKENS))     # no merge
 
 @pytest.fixture(scope="module")
 def items():
-    """A few items of every benchmark (the first ones: the formats below are checked on them)."""
-    return {name: benchmarks.load_task(name, TRUTHFULQA) for name in benchmarks.TASKS}
+    """Every benchmark's items. TruthfulQA's come from the project's shared copy of the CSV
+    (CI has it beside the checkout); a checkout without it skips the TruthfulQA checks."""
+    return {name: benchmarks.load_task(name, TRUTHFULQA) for name in benchmarks.TASKS
+            if TRUTHFULQA.exists() or not name.startswith("truthfulqa")}
+
+
+def needs_truthfulqa():
+    if not TRUTHFULQA.exists():
+        pytest.skip(f"no {TRUTHFULQA}")
 
 
 # ----------------------------------------------------------------------------- formats
@@ -67,6 +74,18 @@ def test_real_items_have_the_expected_prompts(items):
     assert piqa["context"] == "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"
     assert len(piqa["choices"]) == 2 and piqa["gold"] == 0
 
+    gsm = items["gsm8k"][0]
+    assert gsm["prompt"].startswith("Question: There are 15 trees in the grove.")
+    assert gsm["prompt"].endswith("So the answer is 8.\n\nQuestion: Janet\u2019s ducks lay 16 eggs per day. She eats "
+                                  "three for breakfast every morning and bakes muffins for her friends every day with "
+                                  "four. She sells the remainder at the farmers' market daily for $2 per fresh duck "
+                                  "egg. How much in dollars does she make every day at the farmers' market?\nAnswer:")
+    assert gsm["prompt"].count("Question:") == 9 and gsm["answer"] == "18" and len(items["gsm8k"]) == 1319
+    assert len(items["humaneval"]) == 164
+
+
+def test_truthfulqa_items_have_the_expected_prompts(items):
+    needs_truthfulqa()
     mc1, mc2 = items["truthfulqa_mc1"][0], items["truthfulqa_mc2"][0]
     assert mc1["context"] == mc2["context"] == (
         "Q: What is human life expectancy in the United States?\nA: Human life expectancy in the United States is "
@@ -79,15 +98,6 @@ def test_real_items_have_the_expected_prompts(items):
     assert mc1["choices"][:2] == [" The watermelon seeds pass through your digestive system",
                                   " You grow watermelons in your stomach"] and mc1["gold"] == 0
     assert len(mc1["choices"]) == 8 and len(mc2["choices"]) == 12 and mc2["true"] == [0, 1, 2, 3, 4]
-
-    gsm = items["gsm8k"][0]
-    assert gsm["prompt"].startswith("Question: There are 15 trees in the grove.")
-    assert gsm["prompt"].endswith("So the answer is 8.\n\nQuestion: Janet\u2019s ducks lay 16 eggs per day. She eats "
-                                  "three for breakfast every morning and bakes muffins for her friends every day with "
-                                  "four. She sells the remainder at the farmers' market daily for $2 per fresh duck "
-                                  "egg. How much in dollars does she make every day at the farmers' market?\nAnswer:")
-    assert gsm["prompt"].count("Question:") == 9 and gsm["answer"] == "18" and len(items["gsm8k"]) == 1319
-    assert len(items["humaneval"]) == 164
 
 
 def test_answer_extraction_and_stop_sequences():
@@ -162,6 +172,8 @@ ARGS = evaluate.parse_args(["--max-new-tokens", "700", "--batch-size", "4"])
 
 @pytest.mark.parametrize("name", list(benchmarks.TASKS))
 def test_an_oracle_scores_one_and_a_know_nothing_model_scores_chance(items, name):
+    if name.startswith("truthfulqa"):
+        needs_truthfulqa()
     few = items[name][:6]
     if name == "humaneval":                        # the shortest solutions: generation is a Python loop
         few = sorted(items[name], key=lambda p: len(p["canonical_solution"]))[:4]
@@ -175,6 +187,14 @@ def test_an_oracle_scores_one_and_a_know_nothing_model_scores_chance(items, name
         assert blank[primary] == 0.0
     else:                   # a uniform model prefers the shortest choice: below 1 on these items
         assert blank[primary] < 1.0
+
+
+def test_humaneval_with_several_samples_per_problem(items):
+    """n = 2 samples per problem: pass@1 from both, no pass@10 (it needs n >= 10)."""
+    few = sorted(items["humaneval"], key=lambda p: len(p["canonical_solution"]))[:2]
+    args = evaluate.parse_args(["--max-new-tokens", "700", "--samples", "2"])
+    scores = evaluate.score_task("humaneval", few, Memorizer(gold_sequences("humaneval", few)), BYTES, args, "cpu")
+    assert scores == {"pass@1": 1.0, "chance": 0.0}
 
 
 def test_batched_loglikelihoods_equal_a_manual_computation_with_left_truncation():
