@@ -303,6 +303,17 @@ def test_report_card_side_by_side_and_the_regression_gate(setup, tmp_path, capsy
         evaluate.main(["compare", str(tmp_path / "b1"), str(tmp_path / "b2")])
 
 
+def test_validation_text_is_the_same_under_another_tokenizer(setup):
+    """Shards made by another tokenizer are decoded and encoded again: the same bytes, so bits
+    per byte compare models whatever their vocabularies."""
+    tok_data, meta = bpe.load_token_dir(setup / "tok")
+    own = evaluate.validation_tokens(tok_data, setup / "tok", 0)
+    assert len(own) == meta["metrics"]["val_tokens"]
+    again = evaluate.validation_tokens(BYTES, setup / "tok", 0)
+    assert len(again) > len(own)                       # one id per byte now
+    assert BYTES.decode(again.tolist()) == tok_data.decode(own.tolist())
+
+
 def test_bad_input(setup, tmp_path):
     # as a command: one line, exit 1, nothing written
     proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(tmp_path / "none"),
