@@ -198,11 +198,14 @@ class GPT(nn.Module):
         """Parameters, the tied embedding/LM head counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None, return_hidden=False, caches=None, mask=None, start=0):
+    def forward(self, idx, targets=None, return_hidden=False, caches=None, mask=None, start=0,
+                return_logits=True):
         """idx (B, T) -> (logits (B, T, V), loss or None), or the hidden states (B, T, C).
 
         targets (B, T) with IGNORE_INDEX where no loss is wanted; the loss is the mean
-        cross-entropy over the other positions. caches/mask/start are for `generate`.
+        cross-entropy over the other positions. return_logits=False (a training step, which
+        needs only the loss) returns (None, loss) from the fused LM head + loss, which on a
+        GPU never stores the (B*T, V) logits. caches/mask/start are for `generate`.
         """
         B, T = idx.shape
         if start + T > self.config.block_size:
@@ -214,6 +217,10 @@ class GPT(nn.Module):
         x = self.norm(x)
         if return_hidden:
             return x
+        if targets is not None and not return_logits:
+            loss = kernels.linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1),
+                                                IGNORE_INDEX)
+            return None, loss
         logits = self.lm_head(x)                                                  # (B, T, V)
         loss = None
         if targets is not None:

@@ -386,7 +386,7 @@ def main(argv=None):
             x, y = x.to(device), y.to(device)
             sync = j == n_local - 1 or world == 1
             with (nullcontext() if sync else model.no_sync()), ctx:
-                _, loss = model(x, y)
+                _, loss = model(x, y, return_logits=False)      # the fused LM head + loss
             (loss / n_local).backward()                # DDP then averages over processes
             loss_sum += loss.item()
         norm = clip_grad_norm(raw.parameters(), args.grad_clip)

@@ -76,7 +76,8 @@ def check(device):
 def check_kernels(device):
     """Each Triton kernel against its twin on the device, bf16 where training uses it."""
     import kernels
-    from kernels import triton_attention, triton_cross_entropy, triton_matmul, triton_rmsnorm, triton_swiglu, twins
+    from kernels import (triton_attention, triton_cross_entropy, triton_linear_cross_entropy, triton_matmul,
+                         triton_rmsnorm, triton_swiglu, twins)
     torch.manual_seed(0)
     bf = torch.bfloat16
     worst = {}
@@ -98,6 +99,18 @@ def check_kernels(device):
     logits = torch.randn(512, 50304, device=device, dtype=bf)
     t = torch.randint(0, 50304, (512,), device=device)
     worst["cross_entropy"] = abs(triton_cross_entropy.cross_entropy(logits, t).item() - twins.cross_entropy(logits, t).item())
+    h = torch.randn(1000, 768, device=device, dtype=bf, requires_grad=True)
+    w = (torch.randn(50304, 768, device=device, dtype=bf) * 0.02).requires_grad_()
+    t = torch.randint(0, 50304, (1000,), device=device)
+    grads = []
+    for fn in (triton_linear_cross_entropy.linear_cross_entropy, twins.linear_cross_entropy):
+        loss = fn(h, w, t)
+        loss.backward()
+        grads.append((loss.item(), h.grad.float().clone(), w.grad.float().clone()))
+        h.grad = w.grad = None
+    (l1, dh1, dw1), (l2, dh2, dw2) = grads
+    worst["linear_cross_entropy"] = max(abs(l1 - l2), ((dh1 - dh2).abs().max() / dh2.abs().max()).item(),
+                                        ((dw1 - dw2).abs().max() / dw2.abs().max()).item())
     a, b = torch.randn(1000, 700, device=device, dtype=bf), torch.randn(700, 900, device=device, dtype=bf)
     worst["matmul"] = ((triton_matmul.matmul(a, b).float() - (a @ b).float()).abs().max() / (a @ b).float().abs().max()).item()
     bad = {name: err for name, err in worst.items() if err > 0.1}
@@ -110,7 +123,8 @@ def time_kernels(device):
     """Each kernel against its twin and torch's best, bf16: TFLOP/s or GB/s and the ratio."""
     import torch.nn.functional as F
     from triton.testing import do_bench
-    from kernels import triton_attention, triton_cross_entropy, triton_matmul, triton_rmsnorm, triton_swiglu, twins
+    from kernels import (triton_attention, triton_cross_entropy, triton_linear_cross_entropy, triton_matmul,
+                         triton_rmsnorm, triton_swiglu, twins)
     bf, rows = torch.bfloat16, []
     big = torch.empty(1 << 28, device=device, dtype=bf)                      # 512 MB
     bandwidth = 2 * big.numel() * 2 / (do_bench(lambda: big.clone()) * 1e-3)  # read + write, bytes/s
@@ -147,6 +161,17 @@ def time_kernels(device):
         ms = do_bench(lambda: fn().backward())
         peak = (torch.cuda.max_memory_allocated() - base) / 1e9
         rows.append((f"cross_entropy fwd+bwd 16384x50304 ({name})", "ms | peak GB", ms, peak, None))
+    del logits
+    # the LM head and the loss together: fused (the logits never stored) vs F.linear + F.cross_entropy
+    h = torch.randn(16384, 768, device=device, dtype=bf, requires_grad=True)
+    w = (torch.randn(50304, 768, device=device, dtype=bf) * 0.02).requires_grad_()
+    for name, fn in (("ours, fused", lambda: triton_linear_cross_entropy.linear_cross_entropy(h, w, t)),
+                     ("torch", lambda: F.cross_entropy(F.linear(h, w).float(), t))):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        ms = do_bench(lambda: fn().backward())
+        peak = (torch.cuda.max_memory_allocated() - base) / 1e9
+        rows.append((f"linear_cross_entropy fwd+bwd 16384x768 @ 768x50304 ({name})", "ms | peak GB", ms, peak, None))
     a, b = torch.randn(4096, 4096, device=device, dtype=bf), torch.randn(4096, 4096, device=device, dtype=bf)
     flops = 2 * 4096 ** 3
     ours, cublas = do_bench(lambda: triton_matmul.matmul(a, b)), do_bench(lambda: a @ b)

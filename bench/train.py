@@ -44,7 +44,7 @@ def step_time(cfg, micro_batch, dtype, steps, device="cpu", compile_model=False,
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with ctx:
-            _, loss = run(x, y)
+            _, loss = run(x, y, return_logits=False)          # as train.py's step: the fused LM head + loss
         loss.backward()
         train.clip_grad_norm(model.parameters(), 1.0)
         opt.step()

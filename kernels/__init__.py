@@ -5,6 +5,7 @@ of the same meaning and signature (kernels/twins.py).
     rms_norm(x, weight, eps)                  fused RMSNorm, forward and backward
     swiglu(a, b)                              fused silu(a) * b, forward and backward
     cross_entropy(logits, targets, ignore)    chunked over the vocabulary, no fp32 copy
+    linear_cross_entropy(h, W, targets, ignore)   LM head + loss fused: the logits never stored
     matmul(a, b)                              tiled, grouped ordering (teaching, benchmarks)
 
 kernels/README.md explains each one and records its measured figures.
@@ -44,8 +45,10 @@ def _triton():
     if not (os.environ.get("TRITON_INTERPRET") == "1" or _cuda_available()):
         raise RuntimeError("Triton kernels need a CUDA GPU, or TRITON_INTERPRET=1 to run them "
                            "(slowly) on the CPU; use --kernels torch")
-    from kernels import triton_attention, triton_cross_entropy, triton_matmul, triton_rmsnorm, triton_swiglu
-    return triton_rmsnorm, triton_swiglu, triton_cross_entropy, triton_attention, triton_matmul
+    from kernels import (triton_attention, triton_cross_entropy, triton_linear_cross_entropy, triton_matmul,
+                         triton_rmsnorm, triton_swiglu)
+    return (triton_rmsnorm, triton_swiglu, triton_cross_entropy, triton_attention, triton_matmul,
+            triton_linear_cross_entropy)
 
 
 def _cuda_available():
@@ -69,6 +72,12 @@ def cross_entropy(logits, targets, ignore_index=-100):
     if _use_triton(logits):
         return _triton()[2].cross_entropy(logits, targets, ignore_index)
     return twins.cross_entropy(logits, targets, ignore_index)
+
+
+def linear_cross_entropy(h, weight, targets, ignore_index=-100):
+    if _use_triton(h):
+        return _triton()[5].linear_cross_entropy(h, weight, targets, ignore_index)
+    return twins.linear_cross_entropy(h, weight, targets, ignore_index)
 
 
 def attention(q, k, v, causal=True):

@@ -23,6 +23,11 @@ def cross_entropy(logits, targets, ignore_index=-100):
     return F.cross_entropy(logits.float(), targets, ignore_index=ignore_index)
 
 
+def linear_cross_entropy(h, weight, targets, ignore_index=-100):
+    """cross_entropy(h @ weight^T, targets): the LM head and the loss. h (N, C), weight (V, C)."""
+    return cross_entropy(F.linear(h, weight), targets, ignore_index)
+
+
 def attention(q, k, v, causal=True):
     """Softmax attention on (B, n_head, T, head_dim); k, v may have fewer (grouped) heads."""
     if k.shape[1] != q.shape[1]:

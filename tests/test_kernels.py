@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import kernels
-from kernels import triton_attention, triton_cross_entropy, triton_matmul, triton_rmsnorm, triton_swiglu, twins
+from kernels import (triton_attention, triton_cross_entropy, triton_linear_cross_entropy, triton_matmul,
+                     triton_rmsnorm, triton_swiglu, twins)
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2)}
 
@@ -53,6 +54,21 @@ def test_cross_entropy_with_ignored_rows_and_a_ragged_vocabulary(dtype):
     ref = grads(lambda l: twins.cross_entropy(l, targets, -100), logits)
     assert_same(ours, ref, dtype)
     assert ours[1][0].dtype == dtype                                  # the gradient stays in dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_linear_cross_entropy_never_stores_the_logits_and_equals_the_twin(dtype):
+    """The fused LM head + loss against F.linear + cross-entropy: 37 rows (ragged row tiles),
+    V = 301 (a ragged vocabulary tile), C = 40 (a ragged hidden tile), ignored rows; the loss
+    and the gradients of both h and the weight."""
+    torch.manual_seed(0)
+    h, w = torch.randn(37, 40).to(dtype), (0.5 * torch.randn(301, 40)).to(dtype)
+    targets = torch.randint(0, 301, (37,))
+    targets[::5] = -100
+    ours = grads(lambda a, b: triton_linear_cross_entropy.linear_cross_entropy(a, b, targets, -100), h, w)
+    ref = grads(lambda a, b: twins.linear_cross_entropy(a, b, targets, -100), h, w)
+    assert_same(ours, ref, dtype)
+    assert [g.dtype for g in ours[1]] == [dtype, dtype]
 
 
 def test_backend_dispatch():

@@ -1,0 +1,140 @@
+"""The LM head and the cross-entropy in one kernel: the logits are never written to memory.
+
+    logits = h @ W^T                              (N, C) @ (C, V): computed a tile at a time
+    loss_i = logsumexp(logits_i) - logits_i[target_i],   mean over rows not ignored
+
+Even chunked (triton_cross_entropy.py), the loss needs the (N, V) logits that the LM head
+wrote: at V = 50,304 and 16 x 1,024 rows, 1.6 GB in bf16, written once, read twice, and kept
+for the backward pass. Here each program takes BLOCK_M rows of h and walks the vocabulary in
+tiles of BLOCK_V: it computes the (BLOCK_M, BLOCK_V) tile of logits on chip (a loop of
+tl.dot over the hidden size), folds it into a running log-sum-exp (as in the chunked loss)
+and picks out the target's logit, then drops it. Only h, W and one float per row (the
+log-sum-exp) are ever in memory. (Wijmans et al. 2024, "Cut Your Losses in Large-Vocabulary
+Language Models", do the same.)
+
+The backward pass recomputes each tile, turns it into the gradient of the loss with respect
+to the logits,
+
+    G_ij = (softmax_ij - [j == target_i]) / n_valid      (zero on ignored rows)
+
+and multiplies it straight away into both gradients, still on chip:
+
+    dh[rows] += G_tile @ W[tile]          dW[tile] += G_tile^T @ h[rows]
+
+Tiles of different programs add into the same rows of dh and dW, so the sums use atomic adds
+into fp32 buffers: on a GPU the order of the additions, and so the last bits of the result,
+vary from run to run (the same trade as torch's index_add on CUDA).
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _logits_tile(H, W, rows, cols, row_mask, col_mask, C, stride_h, stride_w,
+                 BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(BLOCK_M, BLOCK_V) logits h[rows] @ W[cols]^T in fp32, over the hidden size in BLOCK_K steps."""
+    acc = tl.zeros((BLOCK_M, BLOCK_V), dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_mask = ks < C
+        h = tl.load(H + rows[:, None] * stride_h + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        w = tl.load(W + cols[:, None] * stride_w + ks[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
+        acc += tl.dot(h, tl.trans(w))
+    return acc
+
+
+@triton.jit
+def _lce_fwd(H, W, TARGETS, LOSS, LSE, N, V, C, stride_h, stride_w, ignore_index,
+             BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < N
+    target = tl.load(TARGETS + rows, mask=row_mask, other=ignore_index)
+    m = tl.full((BLOCK_M,), -float("inf"), dtype=tl.float32)     # running max
+    s = tl.zeros((BLOCK_M,), dtype=tl.float32)                   # running sum of exp(x - m)
+    target_logit = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        col_mask = cols < V
+        x = _logits_tile(H, W, rows, cols, row_mask, col_mask, C, stride_h, stride_w, BLOCK_M, BLOCK_V, BLOCK_K)
+        x = tl.where(col_mask[None, :], x, -float("inf"))
+        m_new = tl.maximum(m, tl.max(x, axis=1))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
+        m = m_new
+        target_logit += tl.sum(tl.where(cols[None, :] == target[:, None], x, 0.0), axis=1)
+    lse = m + tl.log(s)
+    tl.store(LSE + rows, lse, mask=row_mask)
+    tl.store(LOSS + rows, tl.where(target != ignore_index, lse - target_logit, 0.0), mask=row_mask)
+
+
+@triton.jit
+def _lce_bwd(H, W, TARGETS, LSE, DH, DW, SCALE, N, V, C, stride_h, stride_w, ignore_index,
+             BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    row_mask, col_mask = rows < N, cols < V
+    target = tl.load(TARGETS + rows, mask=row_mask, other=ignore_index)
+    lse = tl.load(LSE + rows, mask=row_mask, other=0.0)
+    scale = tl.load(SCALE)                                        # d loss / n_valid, read on the device
+    x = _logits_tile(H, W, rows, cols, row_mask, col_mask, C, stride_h, stride_w, BLOCK_M, BLOCK_V, BLOCK_K)
+    g = tl.exp(x - lse[:, None]) - tl.where(cols[None, :] == target[:, None], 1.0, 0.0)
+    keep = (target != ignore_index) & row_mask
+    g = tl.where(keep[:, None] & col_mask[None, :], g * scale, 0.0)   # (BLOCK_M, BLOCK_V) = d loss / d logits
+    g = g.to(H.dtype.element_ty)
+    for k0 in range(0, C, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_mask = ks < C
+        h = tl.load(H + rows[:, None] * stride_h + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        w = tl.load(W + cols[:, None] * stride_w + ks[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
+        tl.atomic_add(DH + rows[:, None] * C + ks[None, :], tl.dot(g, w),
+                      mask=row_mask[:, None] & k_mask[None, :])
+        tl.atomic_add(DW + cols[:, None] * C + ks[None, :], tl.dot(tl.trans(g), h),
+                      mask=col_mask[:, None] & k_mask[None, :])
+
+
+def _blocks():
+    """Tile sizes: tl.dot needs each side >= 16; the interpreter runs NumPy, so small tiles."""
+    return (16, 32, 16) if INTERPRETED else (64, 64, 32)
+
+
+class LinearCrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.bfloat16)
+    def forward(ctx, h, weight, targets, ignore_index):
+        h, weight = h.contiguous(), weight.contiguous()
+        N, C = h.shape
+        V = weight.shape[0]
+        loss = torch.empty(N, device=h.device, dtype=torch.float32)
+        lse = torch.empty(N, device=h.device, dtype=torch.float32)
+        bm, bv, bk = _blocks()
+        _lce_fwd[(triton.cdiv(N, bm),)](h, weight, targets, loss, lse, N, V, C, h.stride(0), weight.stride(0),
+                                        ignore_index, BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk)
+        n_valid = (targets != ignore_index).sum().clamp(min=1)
+        ctx.save_for_backward(h, weight, targets, lse, n_valid)
+        ctx.ignore_index = ignore_index
+        return loss.sum() / n_valid
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dloss):
+        h, weight, targets, lse, n_valid = ctx.saved_tensors
+        N, C = h.shape
+        V = weight.shape[0]
+        dh = torch.zeros(N, C, device=h.device, dtype=torch.float32)
+        dw = torch.zeros(V, C, device=h.device, dtype=torch.float32)
+        scale = (dloss / n_valid).float().reshape(1)             # no .item(): no host-device sync
+        bm, bv, bk = _blocks()
+        _lce_bwd[(triton.cdiv(N, bm), triton.cdiv(V, bv))](h, weight, targets, lse, dh, dw, scale, N, V, C,
+                                                           h.stride(0), weight.stride(0), ctx.ignore_index,
+                                                           BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk)
+        return dh.to(h.dtype), dw.to(weight.dtype), None, None
+
+
+def linear_cross_entropy(h, weight, targets, ignore_index=-100):
+    """Mean cross-entropy of h @ weight^T against targets; h (N, C), weight (V, C), targets (N,)."""
+    return LinearCrossEntropyFunction.apply(h, weight, targets.contiguous(), ignore_index)
