@@ -98,6 +98,8 @@ def parse_args(argv=None):
     unknown = [t for t in args.tasks if t not in TASK_NAMES]
     if unknown:
         raise StageError(f"unknown benchmark {', '.join(map(repr, unknown))}; choose from {', '.join(TASK_NAMES)}")
+    if len(set(args.ckpt)) != len(args.ckpt):
+        p.error("--ckpt lists a checkpoint twice")
     if args.limit < 0 or args.samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
         p.error("--limit must be >= 0; --samples, --batch-size and --max-new-tokens >= 1")
     return args
@@ -123,7 +125,9 @@ def loglikelihoods(model, requests, batch_size, device):
     """sum_i log P(cont_i | ctx, cont_<i) for each (ctx_ids, cont_ids) request.
 
     Sequences longer than the block size keep their end (left truncation, as the harness
-    does): the continuation is always scored, on as much context as fits. Requests with the
+    does): the continuation is scored on as much context as fits; a continuation longer than
+    the block itself is scored on its last block_size tokens (the harness would slice past
+    the start there). Requests with the
     same input (the four " A".." D" of an MMLU question) share one forward pass, and inputs
     are batched longest first so a batch holds similar lengths (little padding). Padding goes
     on the right, where the causal mask keeps it from touching the real positions.
@@ -134,7 +138,7 @@ def loglikelihoods(model, requests, batch_size, device):
         if not cont:
             raise ValueError(f"request {i} has an empty continuation")
         ids = (ctx + cont)[-(block + 1):]
-        rows.setdefault(tuple(ids[:-1]), []).append((i, ids[-len(cont):]))
+        rows.setdefault(tuple(ids[:-1]), []).append((i, ids[-min(len(cont), block):]))
     inputs = sorted(rows, key=len, reverse=True)
     out = [0.0] * len(requests)
     for start in tqdm(range(0, len(inputs), batch_size), desc="score", unit="batch", mininterval=1, leave=False):
@@ -463,8 +467,10 @@ def main(argv=None):
             if name == "val":
                 val = validation_tokens(tokenizer, args.data_dir, args.val_tokens)
                 scores["val"] = validation_bpb(model, tokenizer, val, args.batch_size, device)
-                tasks["val"].update(n=scores["val"]["tokens"], n_total=scores["val"]["tokens"],
-                                    items_sha256=hashlib.sha256(val.tobytes()).hexdigest())
+                # the text's hash, not the ids': checkpoints with different tokenizers scored on
+                # the same bytes compare (bits per byte is what makes them comparable)
+                text_sha = hashlib.sha256(tokenizer.decode_bytes(val.tolist())).hexdigest()
+                tasks["val"].update(n=scores["val"]["tokens"], n_total=scores["val"]["tokens"], items_sha256=text_sha)
             elif name in scored:
                 t = time.time()
                 s = scores[name] = score_task(name, scored[name], model, tokenizer, args, device)

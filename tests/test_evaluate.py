@@ -205,12 +205,15 @@ def test_batched_loglikelihoods_equal_a_manual_computation_with_left_truncation(
     def manual(ctx, cont):
         ids = (ctx + cont)[-17:]
         logits, _ = model(torch.tensor([ids[:-1]]))
-        return sum(torch.log_softmax(logits[0, i - 1], -1)[ids[i]].item() for i in range(len(ids) - len(cont), len(ids)))
+        n = min(len(cont), 16)                # a continuation longer than the block: its last 16 tokens
+        return sum(torch.log_softmax(logits[0, i - 1], -1)[ids[i]].item() for i in range(len(ids) - n, len(ids)))
 
     requests = [benchmarks.encode_pair(tok, "the cat sat on the ", "mat"),
                 benchmarks.encode_pair(tok, "the cat sat on the ", "dog"),
                 benchmarks.encode_pair(tok, "the dog ran " * 30, "the mat"),       # far beyond block_size 16
-                benchmarks.encode_pair(tok, "the", " cat sat")]
+                benchmarks.encode_pair(tok, "the", " cat sat"),
+                benchmarks.encode_pair(tok, "the", " cat sat on the mat and the dog ran" * 3)]   # > block_size
+    assert len(requests[-1][1]) > 16
     assert requests[0][0] == tok.encode_ordinary("the cat sat on the")
     assert sum(requests[0], []) == tok.encode_ordinary("the cat sat on the mat")
     got = evaluate.loglikelihoods(model, requests, batch_size=3, device="cpu")
