@@ -44,7 +44,6 @@ HumanEval; TruthfulQA's incorrect answers are in no registry, so the user points
 
 import csv
 import gzip
-import io
 import json
 import re
 import zipfile

@@ -75,6 +75,24 @@ def write_json(path, obj):
         f.write("\n")
 
 
+def save_figure(fig, path, dpi=100):
+    """Atomically write a matplotlib figure as PNG, then close it."""
+    import matplotlib.pyplot as plt
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=dpi, format="png")
+    plt.close(fig)
+
+
+def pick_device(name="auto"):
+    """"auto" = cuda, then mps, then cpu; any other name is returned as given."""
+    if name != "auto":
+        return name
+    import torch
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
 def sha256_file(path, chunk=1 << 20):
     h = hashlib.sha256()
     with open(path, "rb") as f:

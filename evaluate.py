@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 import benchmarks
 import bpe
-from common import StageError, atomic_open, hash_inputs, run_main, write_json, write_meta
+from common import StageError, atomic_open, hash_inputs, pick_device, run_main, save_figure, write_json, write_meta
 from model import bits_per_byte, load_checkpoint, token_byte_lengths
 
 FORMAT, VERSION = "llmpipe-eval", 1
@@ -106,14 +106,6 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- the model's side
-
-def pick_device(name):
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
 
 def autocast(device):
     """bf16 on CUDA, full precision elsewhere (as training does)."""
@@ -347,10 +339,7 @@ def plot_scores(path, results):
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- compare

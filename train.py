@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 import bpe
 import kernels
-from common import StageError, atomic_open, hash_inputs, run_main, write_meta
+from common import StageError, atomic_open, hash_inputs, pick_device, run_main, save_figure, write_meta
 from model import PRESETS, GPT, GPTConfig, bits_per_byte, flops_per_token, save_checkpoint, token_byte_lengths
 
 FORMAT, VERSION = "checkpoint", 1
@@ -189,8 +189,7 @@ def get_batch(data, seed, step, index, batch, block):
 def setup_device(args):
     """(device, rank, world size, local rank), initialising DDP when launched by torchrun."""
     ddp = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    args.device = pick_device(args.device)
     rank, world, local = 0, 1, 0
     if ddp:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -290,10 +289,7 @@ def plot_curves(out_dir, log):
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        tmp = Path(out_dir) / f".{name}.png"
-        fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
-        os.replace(tmp, Path(out_dir) / f"{name}.png")
+        save_figure(fig, Path(out_dir) / f"{name}.png")
 
 
 # ----------------------------------------------------------------------------- main

@@ -161,7 +161,6 @@ def time_kernels(device):
         ms = do_bench(lambda: fn().backward())
         peak = (torch.cuda.max_memory_allocated() - base) / 1e9
         rows.append((f"cross_entropy fwd+bwd 16384x50304 ({name})", "ms | peak GB", ms, peak, None))
-    del logits
     # the LM head and the loss together: fused (the logits never stored) vs F.linear + F.cross_entropy
     h = torch.randn(16384, 768, device=device, dtype=bf, requires_grad=True)
     w = (torch.randn(50304, 768, device=device, dtype=bf) * 0.02).requires_grad_()

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
-from common import StageError, atomic_open, hash_inputs, run_main, write_json, write_meta  # noqa: E402
+from common import StageError, atomic_open, hash_inputs, run_main, save_figure, write_json, write_meta  # noqa: E402
 from data import dedup, filters, sources  # noqa: E402
 
 FORMAT, VERSION = "corpus", 1
@@ -338,10 +338,7 @@ def plot_report(path, report):
     ax.invert_yaxis()
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- main

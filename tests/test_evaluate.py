@@ -281,7 +281,7 @@ def test_report_card_side_by_side_and_the_regression_gate(setup, tmp_path, capsy
     assert cont["contaminated"] == 1 and cont["examples"] == ["arc_easy/Mercury_417466"]
     assert r["tasks"]["gsm8k"]["contamination"]["contaminated"] == 0
     report = (tmp_path / "ev" / "report.md").read_text()
-    assert f"| arc_easy | acc_norm | 3 of 2,376 | 0.250 |" in report and "1 of 2,300" in report
+    assert "| arc_easy | acc_norm | 3 of 2,376 | 0.250 |" in report and "1 of 2,300" in report
     assert (tmp_path / "ev" / "scores.png").stat().st_size > 0 and (tmp_path / "ev" / "meta.json").exists()
 
     # the gate: b against itself passes; against a doctored baseline it names what regressed
