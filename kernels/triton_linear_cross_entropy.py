@@ -6,9 +6,9 @@
 Even chunked (triton_cross_entropy.py), the loss needs the (N, V) logits that the LM head
 wrote: at V = 50,304 and 16 x 1,024 rows, 1.6 GB in bf16, written once, read twice, and kept
 for the backward pass. Here each program takes BLOCK_M rows of h and walks the vocabulary in
-tiles of BLOCK_V: it computes the (BLOCK_M, BLOCK_V) tile of logits on chip (a loop of
-tl.dot over the hidden size), folds it into a running log-sum-exp (as in the chunked loss)
-and picks out the target's logit, then drops it. Only h, W and one float per row (the
+tiles of BLOCK_V (both autotuned on a GPU): it computes the (BLOCK_M, BLOCK_V) tile of logits
+on chip (a loop of tl.dot over the hidden size), folds it into a running log-sum-exp (as in
+the chunked loss) and picks out the target's logit, then drops it. Only h, W and one float per row (the
 log-sum-exp) are ever in memory. (Wijmans et al. 2024, "Cut Your Losses in Large-Vocabulary
 Language Models", do the same.)
 
@@ -32,7 +32,17 @@ import torch
 import triton
 import triton.language as tl
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Tile sizes, autotuned on a GPU by N, V and C: larger tiles mean fewer atomic additions in
+# the backward pass (each (row tile, vocabulary tile) program adds its share into dh and dW),
+# smaller ones fewer registers. tl.dot needs every side >= 16; the interpreter runs NumPy and
+# cannot benchmark, so it gets one small configuration.
+CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_V": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_V": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_V": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+]
+if os.environ.get("TRITON_INTERPRET") == "1":
+    CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_V": 32, "BLOCK_K": 16})]
 
 
 @triton.jit
@@ -49,6 +59,7 @@ def _logits_tile(H, W, rows, cols, row_mask, col_mask, C, stride_h, stride_w,
     return acc
 
 
+@triton.autotune(configs=CONFIGS, key=["N", "V", "C"])
 @triton.jit
 def _lce_fwd(H, W, TARGETS, LOSS, LSE, N, V, C, stride_h, stride_w, ignore_index,
              BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -72,6 +83,9 @@ def _lce_fwd(H, W, TARGETS, LOSS, LSE, N, V, C, stride_h, stride_w, ignore_index
     tl.store(LOSS + rows, tl.where(target != ignore_index, lse - target_logit, 0.0), mask=row_mask)
 
 
+# reset_to_zero: autotuning runs the kernel several times, and its atomic adds must start
+# from zero each time
+@triton.autotune(configs=CONFIGS, key=["N", "V", "C"], reset_to_zero=["DH", "DW"])
 @triton.jit
 def _lce_bwd(H, W, TARGETS, LSE, DH, DW, SCALE, N, V, C, stride_h, stride_w, ignore_index,
              BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -97,11 +111,6 @@ def _lce_bwd(H, W, TARGETS, LSE, DH, DW, SCALE, N, V, C, stride_h, stride_w, ign
                       mask=col_mask[:, None] & k_mask[None, :])
 
 
-def _blocks():
-    """Tile sizes: tl.dot needs each side >= 16; the interpreter runs NumPy, so small tiles."""
-    return (16, 32, 16) if INTERPRETED else (64, 64, 32)
-
-
 class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.bfloat16)
@@ -111,9 +120,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         V = weight.shape[0]
         loss = torch.empty(N, device=h.device, dtype=torch.float32)
         lse = torch.empty(N, device=h.device, dtype=torch.float32)
-        bm, bv, bk = _blocks()
-        _lce_fwd[(triton.cdiv(N, bm),)](h, weight, targets, loss, lse, N, V, C, h.stride(0), weight.stride(0),
-                                        ignore_index, BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk)
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]),)  # noqa: E731
+        _lce_fwd[grid](h, weight, targets, loss, lse, N, V, C, h.stride(0), weight.stride(0), ignore_index)
         n_valid = (targets != ignore_index).sum().clamp(min=1)
         ctx.save_for_backward(h, weight, targets, lse, n_valid)
         ctx.ignore_index = ignore_index
@@ -128,10 +136,9 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         dh = torch.zeros(N, C, device=h.device, dtype=torch.float32)
         dw = torch.zeros(V, C, device=h.device, dtype=torch.float32)
         scale = (dloss / n_valid).float().reshape(1)             # no .item(): no host-device sync
-        bm, bv, bk = _blocks()
-        _lce_bwd[(triton.cdiv(N, bm), triton.cdiv(V, bv))](h, weight, targets, lse, dh, dw, scale, N, V, C,
-                                                           h.stride(0), weight.stride(0), ctx.ignore_index,
-                                                           BLOCK_M=bm, BLOCK_V=bv, BLOCK_K=bk)
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), triton.cdiv(V, meta["BLOCK_V"]))  # noqa: E731
+        _lce_bwd[grid](h, weight, targets, lse, dh, dw, scale, N, V, C, h.stride(0), weight.stride(0),
+                       ctx.ignore_index)
         return dh.to(h.dtype), dw.to(weight.dtype), None, None
 
 
