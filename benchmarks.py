@@ -291,6 +291,11 @@ def argmax_credit(scores, gold):
     return float(best[gold]) / int(best.sum())
 
 
+def centred(score, chance):
+    """(score - chance) / (1 - chance): 0 at chance, 1 when perfect."""
+    return (score - chance) / (1 - chance) if chance < 1 else 0.0
+
+
 def score_multiple_choice(items, lls):
     """Accuracy of picking the most likely choice: acc by summed log-likelihood, acc_norm by
     log-likelihood per character of the choice (so long answers are not penalised for their
@@ -307,7 +312,7 @@ def score_multiple_choice(items, lls):
     n = max(len(items), 1)
     acc, acc_norm, chance = acc / n, acc_norm / n, chance / n
     return {"acc": acc, "acc_norm": acc_norm, "chance": chance,
-            "acc_centred": (acc - chance) / (1 - chance) if chance < 1 else 0.0}
+            "acc_centred": centred(acc, chance)}
 
 
 def score_mc2(items, lls):
@@ -321,7 +326,7 @@ def score_mc2(items, lls):
         chance += len(item["true"]) / len(item["choices"])
     n = max(len(items), 1)
     mc2, chance = mc2 / n, chance / n
-    return {"mc2": mc2, "chance": chance, "mc2_centred": (mc2 - chance) / (1 - chance) if chance < 1 else 0.0}
+    return {"mc2": mc2, "chance": chance, "mc2_centred": centred(mc2, chance)}
 
 
 # ----------------------------------------------------------------------------- generation

@@ -284,6 +284,11 @@ def fmt(x):
     return "-" if x is None else f"{x:.3f}"
 
 
+def chance_of(ckpts, name):
+    """A benchmark's chance level (the same for every checkpoint that scored it), or None."""
+    return next((c["scores"][name].get("chance") for c in ckpts.values() if name in c["scores"]), None)
+
+
 def write_report(out_dir, results):
     """report.md: one row per benchmark and metric, one column per checkpoint."""
     ckpts = results["checkpoints"]
@@ -307,9 +312,9 @@ def write_report(out_dir, results):
                 s = c["scores"].get(name, {})
                 chance = s.get("chance")
                 value = s.get(m)
-                centred = (value - chance) / (1 - chance) if value is not None and chance not in (None, 1) else None
+                centred = benchmarks.centred(value, chance) if value is not None and chance not in (None, 1) else None
                 cells.append(fmt(value) + (f" ({centred:+.3f})" if centred is not None and m not in LOWER_IS_BETTER else ""))
-            chance = next((c["scores"][name].get("chance") for c in ckpts.values() if name in c["scores"]), None)
+            chance = chance_of(ckpts, name)
             lines.append(f"| {name} | {m} | {task['n']:,} of {task['n_total']:,} | {fmt(chance)} | "
                          + " | ".join(cells) + f" | {cont_cell} |")
     lines += [""] + [f"{name}: unavailable, {task['unavailable']}." for name, task in results["tasks"].items()
@@ -331,7 +336,7 @@ def plot_scores(path, results):
         xs = [i + (j - (len(ckpts) - 1) / 2) * width for i in range(len(names))]
         ax.bar(xs, [c["scores"].get(n, {}).get(results["tasks"][n]["primary"], 0) for n in names], width, label=label)
     for i, n in enumerate(names):
-        chance = next((c["scores"][n].get("chance") for c in ckpts.values() if n in c["scores"]), None)
+        chance = chance_of(ckpts, n)
         if chance is not None:
             ax.plot([i - 0.45, i + 0.45], [chance, chance], color="black", linewidth=2)
     ax.set_xticks(range(len(names)), [f"{n}\n{results['tasks'][n]['primary']}" for n in names], fontsize=8)
