@@ -51,6 +51,21 @@ def _triton():
             triton_linear_cross_entropy)
 
 
+def dot_precision(x):
+    """How the kernels' tl.dot multiplies fp32 inputs, following torch's setting for fp32
+    matrix products (torch.set_float32_matmul_precision). Under torch's default, "highest",
+    three TF32 products per multiply ("tf32x3": the operands split into a high and a low
+    TF32 part) recover fp32 accuracy (~1e-6) on the tensor cores; "high" and "medium" allow
+    one TF32 product (a 10-bit mantissa, ~1e-3). Triton's own default is one TF32 product,
+    which would make an fp32 kernel differ from its twin by ~1e-3 on a GPU (the interpreter
+    multiplies exactly and cannot show it); exact "ieee" products would leave the tensor
+    cores idle and take minutes to compile. bf16 and fp16 inputs are unaffected."""
+    import torch
+    if x.dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "tf32x3"
+    return "tf32"
+
+
 def _cuda_available():
     import torch
     return torch.cuda.is_available()

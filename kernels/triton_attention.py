@@ -19,18 +19,43 @@ dK, dV are summed over each group afterwards. Any T works: edge tiles are masked
 """
 
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels import dot_precision
+
 LOG2E = 1.4426950408889634
-BLOCK_M, BLOCK_N = 64, 64
 
 
+def _configs(gpu, interpreter):
+    """Autotune candidates, each (BLOCK_M queries, BLOCK_N keys, warps, pipeline stages), for a
+    GPU; every one fits sm_80 and sm_90 (bench/compile.py checks it). The interpreter cannot
+    benchmark, so it runs one small configuration, with tiles of unequal sides so that the
+    tests cover the causal bounds of tiles that do not line up."""
+    shapes = [interpreter] if os.environ.get("TRITON_INTERPRET") == "1" else gpu
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+# Tuned once per head size and mask, not per length: evaluation calls attention with a new T
+# for nearly every batch, and tuning each would cost more than it saves. The candidates are
+# the tile shapes that need no local memory (no spilled registers) on sm_80 and sm_90 at head
+# dims up to 128 (bench/compile.py reads it from the compiled code; 64 x 64 tiles on 4 warps,
+# say, spill in the dK/dV kernel at head dim 128). Forward: larger query tiles reuse each key
+# tile for more queries. dK/dV: a program owns BLOCK_N keys and streams queries past them in
+# steps of BLOCK_M; dQ mirrors it.
+FWD_CONFIGS = _configs([(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3)], (64, 32, 4, 1))
+DKDV_CONFIGS = _configs([(32, 64, 4, 3), (64, 64, 8, 3), (32, 128, 8, 3)], (32, 64, 4, 1))
+DQ_CONFIGS = _configs([(64, 32, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3)], (64, 32, 4, 1))
+
+
+@triton.autotune(configs=FWD_CONFIGS, key=["D", "CAUSAL"])
 @triton.jit
 def _attn_fwd(Q, K, V, O, LSE, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, T, H, GROUP, qk_scale,
-              CAUSAL: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              CAUSAL: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     hk = h // GROUP
@@ -50,7 +75,7 @@ def _attn_fwd(Q, K, V, O, LSE, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, T, H, GROUP, 
     for start_n in range(0, hi, BLOCK_N):
         cols = start_n + offs_n
         k = tl.load(k_base + cols[None, :] * sk_t + offs_d[:, None], mask=cols[None, :] < T, other=0.0)  # (D, BLOCK_N)
-        s = tl.dot(q, k) * qk_scale                                               # (BLOCK_M, BLOCK_N), log2 units
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale                       # (BLOCK_M, BLOCK_N), log2 units
         valid = cols[None, :] < T
         if CAUSAL:
             valid = valid & (offs_m[:, None] >= cols[None, :])
@@ -60,7 +85,7 @@ def _attn_fwd(Q, K, V, O, LSE, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, T, H, GROUP, 
         alpha = tl.exp2(m_i - m_new)                                              # rescale what came before
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + cols[:, None] * sk_t + offs_d[None, :], mask=cols[:, None] < T, other=0.0)  # (BLOCK_N, D)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]
     tl.store(O + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], acc.to(O.dtype.element_ty),
@@ -68,9 +93,10 @@ def _attn_fwd(Q, K, V, O, LSE, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, T, H, GROUP, 
     tl.store(LSE + bh * T + offs_m, m_i + tl.log2(l_i), mask=offs_m < T)         # log2-sum-exp2 of s
 
 
+@triton.autotune(configs=DKDV_CONFIGS, key=["D", "CAUSAL"])
 @triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, T, H, GROUP,
-                   qk_scale, sm_scale, CAUSAL: tl.constexpr, D: tl.constexpr,
+                   qk_scale, sm_scale, CAUSAL: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dK and dV of one key tile, for one query head, over all query tiles that see it."""
     pid_n, bh = tl.program_id(0), tl.program_id(1)
@@ -95,23 +121,24 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, sq_b, sq_h, sq_t, sk_b, sk_h
         do = tl.load(do_base + rows[:, None] * sq_t + offs_d[None, :], mask=rows[:, None] < T, other=0.0)
         lse = tl.load(LSE + bh * T + rows, mask=rows < T, other=0.0)
         delta = tl.load(DELTA + bh * T + rows, mask=rows < T, other=0.0)
-        sT = tl.dot(k, tl.trans(q)) * qk_scale                                    # (BLOCK_N, BLOCK_M)
+        sT = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale            # (BLOCK_N, BLOCK_M)
         valid = (rows[None, :] < T) & (offs_n[:, None] < T)
         if CAUSAL:
             valid = valid & (rows[None, :] >= offs_n[:, None])
         pT = tl.where(valid, tl.exp2(sT - lse[None, :]), 0.0)
-        dv += tl.dot(pT.to(do.dtype), do)
-        dpT = tl.dot(v, tl.trans(do))                                             # (BLOCK_N, BLOCK_M)
+        dv += tl.dot(pT.to(do.dtype), do, input_precision=PRECISION)
+        dpT = tl.dot(v, tl.trans(do), input_precision=PRECISION)                     # (BLOCK_N, BLOCK_M)
         dsT = pT * (dpT - delta[None, :])
-        dk += tl.dot(dsT.to(q.dtype), q)
+        dk += tl.dot(dsT.to(q.dtype), q, input_precision=PRECISION)
     out = b * sq_b + h * sq_h + offs_n[:, None] * sq_t + offs_d[None, :]         # per query head
     tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
+@triton.autotune(configs=DQ_CONFIGS, key=["D", "CAUSAL"])
 @triton.jit
 def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, T, H, GROUP,
-                 qk_scale, sm_scale, CAUSAL: tl.constexpr, D: tl.constexpr,
+                 qk_scale, sm_scale, CAUSAL: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of one query tile over the key tiles it sees."""
     pid_m, bh = tl.program_id(0), tl.program_id(1)
@@ -135,14 +162,14 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t
         cols = start_n + offs_n
         k = tl.load(k_base + cols[:, None] * sk_t + offs_d[None, :], mask=cols[:, None] < T, other=0.0)
         v = tl.load(v_base + cols[:, None] * sk_t + offs_d[None, :], mask=cols[:, None] < T, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         valid = (offs_m[:, None] < T) & (cols[None, :] < T)
         if CAUSAL:
             valid = valid & (offs_m[:, None] >= cols[None, :])
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v))
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
     tl.store(DQ + q_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=offs_m[:, None] < T)
 
 
@@ -157,10 +184,10 @@ class AttentionFunction(torch.autograd.Function):
         o = torch.empty_like(q)
         lse = torch.empty(B * H, T, device=q.device, dtype=torch.float32)
         sm_scale = 1.0 / math.sqrt(D)
-        grid = (triton.cdiv(T, BLOCK_M), B * H)
+        grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)  # noqa: E731
         _attn_fwd[grid](q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
                         k.stride(2), T, H, H // Hkv, sm_scale * LOG2E, CAUSAL=causal, D=D,
-                        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+                        PRECISION=dot_precision(q))
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.causal, ctx.sm_scale = causal, sm_scale
         return o
@@ -177,10 +204,11 @@ class AttentionFunction(torch.autograd.Function):
         dv = torch.empty_like(dk)
         args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), T, H, H // Hkv,
                 ctx.sm_scale * LOG2E, ctx.sm_scale)
-        _attn_bwd_dkdv[(triton.cdiv(T, BLOCK_N), B * H)](q, k, v, do, lse, delta, dk, dv, *args,
-                                                          CAUSAL=ctx.causal, D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
-        _attn_bwd_dq[(triton.cdiv(T, BLOCK_M), B * H)](q, k, v, do, lse, delta, dq, *args,
-                                                       CAUSAL=ctx.causal, D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+        consts = dict(CAUSAL=ctx.causal, D=D, PRECISION=dot_precision(q))
+        _attn_bwd_dkdv[lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H)](q, k, v, do, lse, delta, dk, dv,
+                                                                           *args, **consts)
+        _attn_bwd_dq[lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)](q, k, v, do, lse, delta, dq,
+                                                                         *args, **consts)
         if Hkv != H:                                         # a kv head's gradient: sum over its group
             dk = dk.view(B, Hkv, H // Hkv, T, D).sum(2)
             dv = dv.view(B, Hkv, H // Hkv, T, D).sum(2)

@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import dot_precision
+
 # Tile sizes, autotuned on a GPU by N, V and C: larger tiles mean fewer atomic additions in
 # the backward pass (each (row tile, vocabulary tile) program adds its share into dh and dW),
 # smaller ones fewer registers. tl.dot needs every side >= 16; the interpreter runs NumPy and
@@ -39,14 +41,14 @@ import triton.language as tl
 CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_V": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_V": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_V": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_V": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
 ]
 if os.environ.get("TRITON_INTERPRET") == "1":
     CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_V": 32, "BLOCK_K": 16})]
 
 
 @triton.jit
-def _logits_tile(H, W, rows, cols, row_mask, col_mask, C, stride_h, stride_w,
+def _logits_tile(H, W, rows, cols, row_mask, col_mask, C, stride_h, stride_w, PRECISION: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
     """(BLOCK_M, BLOCK_V) logits h[rows] @ W[cols]^T in fp32, over the hidden size in BLOCK_K steps."""
     acc = tl.zeros((BLOCK_M, BLOCK_V), dtype=tl.float32)
@@ -55,13 +57,13 @@ def _logits_tile(H, W, rows, cols, row_mask, col_mask, C, stride_h, stride_w,
         k_mask = ks < C
         h = tl.load(H + rows[:, None] * stride_h + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(W + cols[:, None] * stride_w + ks[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
-        acc += tl.dot(h, tl.trans(w))
+        acc += tl.dot(h, tl.trans(w), input_precision=PRECISION)
     return acc
 
 
 @triton.autotune(configs=CONFIGS, key=["N", "V", "C"])
 @triton.jit
-def _lce_fwd(H, W, TARGETS, LOSS, LSE, N, V, C, stride_h, stride_w, ignore_index,
+def _lce_fwd(H, W, TARGETS, LOSS, LSE, N, V, C, stride_h, stride_w, ignore_index, PRECISION: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < N
@@ -72,7 +74,8 @@ def _lce_fwd(H, W, TARGETS, LOSS, LSE, N, V, C, stride_h, stride_w, ignore_index
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_mask = cols < V
-        x = _logits_tile(H, W, rows, cols, row_mask, col_mask, C, stride_h, stride_w, BLOCK_M, BLOCK_V, BLOCK_K)
+        x = _logits_tile(H, W, rows, cols, row_mask, col_mask, C, stride_h, stride_w, PRECISION, BLOCK_M, BLOCK_V,
+                         BLOCK_K)
         x = tl.where(col_mask[None, :], x, -float("inf"))
         m_new = tl.maximum(m, tl.max(x, axis=1))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new[:, None]), axis=1)
@@ -87,7 +90,7 @@ def _lce_fwd(H, W, TARGETS, LOSS, LSE, N, V, C, stride_h, stride_w, ignore_index
 # from zero each time
 @triton.autotune(configs=CONFIGS, key=["N", "V", "C"], reset_to_zero=["DH", "DW"])
 @triton.jit
-def _lce_bwd(H, W, TARGETS, LSE, DH, DW, SCALE, N, V, C, stride_h, stride_w, ignore_index,
+def _lce_bwd(H, W, TARGETS, LSE, DH, DW, SCALE, N, V, C, stride_h, stride_w, ignore_index, PRECISION: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -95,7 +98,8 @@ def _lce_bwd(H, W, TARGETS, LSE, DH, DW, SCALE, N, V, C, stride_h, stride_w, ign
     target = tl.load(TARGETS + rows, mask=row_mask, other=ignore_index)
     lse = tl.load(LSE + rows, mask=row_mask, other=0.0)
     scale = tl.load(SCALE)                                        # d loss / n_valid, read on the device
-    x = _logits_tile(H, W, rows, cols, row_mask, col_mask, C, stride_h, stride_w, BLOCK_M, BLOCK_V, BLOCK_K)
+    x = _logits_tile(H, W, rows, cols, row_mask, col_mask, C, stride_h, stride_w, PRECISION, BLOCK_M, BLOCK_V,
+                         BLOCK_K)
     g = tl.exp(x - lse[:, None]) - tl.where(cols[None, :] == target[:, None], 1.0, 0.0)
     keep = (target != ignore_index) & row_mask
     g = tl.where(keep[:, None] & col_mask[None, :], g * scale, 0.0)   # (BLOCK_M, BLOCK_V) = d loss / d logits
@@ -105,9 +109,9 @@ def _lce_bwd(H, W, TARGETS, LSE, DH, DW, SCALE, N, V, C, stride_h, stride_w, ign
         k_mask = ks < C
         h = tl.load(H + rows[:, None] * stride_h + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
         w = tl.load(W + cols[:, None] * stride_w + ks[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
-        tl.atomic_add(DH + rows[:, None] * C + ks[None, :], tl.dot(g, w),
+        tl.atomic_add(DH + rows[:, None] * C + ks[None, :], tl.dot(g, w, input_precision=PRECISION),
                       mask=row_mask[:, None] & k_mask[None, :])
-        tl.atomic_add(DW + cols[:, None] * C + ks[None, :], tl.dot(tl.trans(g), h),
+        tl.atomic_add(DW + cols[:, None] * C + ks[None, :], tl.dot(tl.trans(g), h, input_precision=PRECISION),
                       mask=col_mask[:, None] & k_mask[None, :])
 
 
@@ -121,7 +125,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         loss = torch.empty(N, device=h.device, dtype=torch.float32)
         lse = torch.empty(N, device=h.device, dtype=torch.float32)
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]),)  # noqa: E731
-        _lce_fwd[grid](h, weight, targets, loss, lse, N, V, C, h.stride(0), weight.stride(0), ignore_index)
+        _lce_fwd[grid](h, weight, targets, loss, lse, N, V, C, h.stride(0), weight.stride(0), ignore_index,
+                       PRECISION=dot_precision(h))
         n_valid = (targets != ignore_index).sum().clamp(min=1)
         ctx.save_for_backward(h, weight, targets, lse, n_valid)
         ctx.ignore_index = ignore_index
@@ -138,7 +143,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         scale = (dloss / n_valid).float().reshape(1)             # no .item(): no host-device sync
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), triton.cdiv(V, meta["BLOCK_V"]))  # noqa: E731
         _lce_bwd[grid](h, weight, targets, lse, dh, dw, scale, N, V, C, h.stride(0), weight.stride(0),
-                       ctx.ignore_index)
+                       ctx.ignore_index, PRECISION=dot_precision(h))
         return dh.to(h.dtype), dw.to(weight.dtype), None, None
 
 

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import dot_precision
+
 CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=3, num_warps=8),
@@ -29,7 +31,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 @triton.autotune(configs=CONFIGS, key=["M", "N", "K"])
 @triton.jit
-def _matmul(A, B, C, M, N, K, sa_m, sa_k, sb_k, sb_n, sc_m, sc_n,
+def _matmul(A, B, C, M, N, K, sa_m, sa_k, sb_k, sb_n, sc_m, sc_n, PRECISION: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
@@ -48,7 +50,7 @@ def _matmul(A, B, C, M, N, K, sa_m, sa_k, sb_k, sb_n, sc_m, sc_n,
                     mask=(rm[:, None] < M) & ((k0 + rk)[None, :] < K), other=0.0)
         b = tl.load(B + (k0 + rk)[:, None] * sb_k + rn[None, :] * sb_n,
                     mask=((k0 + rk)[:, None] < K) & (rn[None, :] < N), other=0.0)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
     tl.store(C + rm[:, None] * sc_m + rn[None, :] * sc_n, acc.to(C.dtype.element_ty),
              mask=(rm[:, None] < M) & (rn[None, :] < N))
 
@@ -59,5 +61,6 @@ def matmul(a, b):
         raise ValueError(f"cannot multiply {tuple(a.shape)} by {tuple(b.shape)}")
     c = torch.empty(M, N, device=a.device, dtype=a.dtype)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    _matmul[grid](a, b, c, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1))
+    _matmul[grid](a, b, c, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+                  PRECISION=dot_precision(a))
     return c

@@ -1,5 +1,12 @@
 """kernels/: every Triton kernel against its PyTorch twin, forward and backward, on the CPU
-through Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py)."""
+through Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py); and every kernel, in
+every autotune configuration, compiled for a Hopper GPU by bench/compile.py."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +110,64 @@ def test_matmul_ragged_shapes(dtype):
     torch.manual_seed(0)
     a, b = torch.randn(70, 45).to(dtype), torch.randn(45, 99).to(dtype)
     assert torch.allclose(triton_matmul.matmul(a, b).float(), (a.float() @ b.float()), **TOL[dtype])
+
+
+def test_attention_tiles_of_unequal_sides_under_the_interpreter():
+    """The interpreter runs one configuration per kernel; those of the attention kernels have
+    unequal sides (the causal bounds must hold when query and key tiles do not line up), and
+    the forward and dQ kernels' differ from dK/dV's (tall query tiles vs tall key tiles)."""
+    for tuner in (triton_attention._attn_fwd, triton_attention._attn_bwd_dkdv, triton_attention._attn_bwd_dq):
+        (config,) = tuner.configs
+        assert config.kwargs["BLOCK_M"] != config.kwargs["BLOCK_N"]
+
+
+def test_fp32_products_follow_torchs_matmul_precision():
+    """Triton's default for fp32 tl.dot is one TF32 product (~1e-3); torch multiplies fp32
+    exactly unless told otherwise, and the kernels follow torch's setting."""
+    x, h = torch.zeros(2, dtype=torch.float32), torch.zeros(2, dtype=torch.bfloat16)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert (kernels.dot_precision(x), kernels.dot_precision(h)) == ("tf32x3", "tf32")
+        torch.set_float32_matmul_precision("high")
+        assert kernels.dot_precision(x) == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compile_report(tmp_path, *flags):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "compile.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "compile.py"), *flags, "--json", str(out)],
+                         env=env, capture_output=True, text=True, cwd=ROOT)
+    return run, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_every_kernel_and_configuration_compiles_for_hopper_and_fits(tmp_path):
+    """What the interpreter cannot see: each kernel of a bf16 training step, in each autotune
+    configuration, through Triton's compiler and ptxas for sm_90 (H100, H200), fits the SM's
+    shared memory, needs no local memory (no spills), and runs its tl.dot on the tensor cores (wgmma). Head
+    dim 128 only: the largest tiles, and the suite's time budget."""
+    run, report = compile_report(tmp_path, "--arch", "90", "--dtypes", "bf16", "--head-dims", "128")
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = report["kernels"]
+    seen = {r["kernel"] for r in rows}
+    assert seen == {"_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq", "_rms_norm_fwd", "_rms_norm_bwd", "_swiglu_fwd",
+                    "_swiglu_bwd", "_ce_fwd", "_ce_bwd", "_lce_fwd", "_lce_bwd", "_matmul"}
+    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq", "_lce_fwd", "_lce_bwd", "_matmul"):
+        configs = {json.dumps(r["constexprs"]) for r in rows if r["kernel"] == name}
+        assert len(configs) >= 3, name                # every autotune configuration, not the first only
+    for r in rows:
+        assert r["fits"] and r["local_bytes"] == 0 and r["programs_per_sm"] >= 1, r
+        if r["kernel"].startswith(("_attn", "_lce", "_matmul")):
+            assert r["tensor_cores"] == "wgmma", r
+
+
+def test_compile_report_refuses_the_interpreter(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "compile.py")], env=env, capture_output=True,
+                         text=True, cwd=ROOT)
+    assert run.returncode == 1 and run.stderr.strip().startswith("error: unset TRITON_INTERPRET")
