@@ -114,7 +114,8 @@ def launches(dtype, head_dims):
             q, k, v = (torch.empty(B, 2, T, D, dtype=dtype, requires_grad=True) for _ in range(3))
             grads(triton_attention.attention(q, k, v, causal), q, k, v)
     for width in (n_embd, 4096):
-        x = torch.empty(64, width, dtype=torch.float32 if width == n_embd else dtype, requires_grad=True)
+        x = torch.empty(16 * T, width, dtype=torch.float32 if width == n_embd else dtype,    # rows per program
+                        requires_grad=True)                                                   # depend on rows
         w = torch.empty(width, dtype=dtype, requires_grad=True)
         grads(triton_rmsnorm.rms_norm(x, w, 1e-5), x, w)
     a, b = (torch.empty(64, 4 * n_embd, dtype=dtype, requires_grad=True) for _ in range(2))
@@ -157,10 +158,10 @@ def occupancy(regs, smem, warps, sm):
     warp in units of 256 (regs x 32 threads rounded up), shared memory per program plus the
     reserved 1 KB, threads in warps of 32."""
     regs_per_warp = math.ceil(regs * 32 / 256) * 256
-    limits = {"registers": sm["regs"] // (regs_per_warp * warps),
-              "shared memory": sm["smem"] // (smem + SMEM_RESERVED),
-              "threads": sm["threads"] // (32 * warps),
-              "programs": sm["blocks"]}
+    limits = {"threads": sm["threads"] // (32 * warps),              # a tie names the hard limits first
+              "programs": sm["blocks"],
+              "registers": sm["regs"] // (regs_per_warp * warps),
+              "shared memory": sm["smem"] // (smem + SMEM_RESERVED)}
     limiter = min(limits, key=limits.get)
     return limits[limiter], limiter
 
@@ -169,7 +170,7 @@ def describe(name, constexprs, options, compiled, sm):
     regs, local_bytes, static_smem = resource_usage(compiled.asm["cubin"])
     smem = compiled.metadata.shared + static_smem
     programs, limiter = occupancy(regs, smem, options["num_warps"], sm)
-    shown = {k: v for k, v in constexprs.items() if k in ("D", "CAUSAL") or k.startswith(("BLOCK", "GROUP"))}
+    shown = {k: v for k, v in constexprs.items() if k in ("D", "CAUSAL") or k.startswith(("BLOCK", "GROUP", "ROWS"))}
     return {"kernel": name, "constexprs": shown, **options, "registers": regs, "local_bytes": local_bytes,
             "shared_bytes": smem, "fits": smem <= sm["smem_per_block"],
             "tensor_cores": tensor_cores(compiled.asm["ptx"]), "programs_per_sm": programs, "limited_by": limiter,

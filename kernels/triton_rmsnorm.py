@@ -15,6 +15,14 @@ import triton
 import triton.language as tl
 
 
+def _launch_shape(N):
+    """One block holds a whole row; more warps for wider rows keep each thread's share of the
+    row (and so its registers) small: the rule of Triton's layer-norm tutorial, one warp per
+    256 elements, between 1 and 8."""
+    block = triton.next_power_of_2(N)
+    return {"BLOCK": block, "num_warps": min(max(block // 256, 1), 8)}
+
+
 @triton.jit
 def _rms_norm_fwd(X, W, Y, RSTD, stride, N, eps, BLOCK: tl.constexpr):
     row = tl.program_id(0)
@@ -59,7 +67,7 @@ class RMSNormFunction(torch.autograd.Function):
         M, N = x2.shape
         y = torch.empty_like(x2)
         rstd = torch.empty(M, device=x.device, dtype=torch.float32)
-        _rms_norm_fwd[(M,)](x2, weight, y, rstd, x2.stride(0), N, eps, BLOCK=triton.next_power_of_2(N))
+        _rms_norm_fwd[(M,)](x2, weight, y, rstd, x2.stride(0), N, eps, **_launch_shape(N))
         ctx.save_for_backward(x2, weight, rstd)
         return y.view(shape)
 
@@ -69,11 +77,13 @@ class RMSNormFunction(torch.autograd.Function):
         M, N = x2.shape
         dy2 = dy.reshape(M, N).contiguous()
         dx = torch.empty_like(x2)
-        rows = max(1, triton.cdiv(M, 256))                               # at most 256 programs
+        # at most 1,024 programs: several per SM on a 132-SM GPU (a memory-bound kernel needs
+        # many loads in flight), while the fp32 partial sums of dw stay small (1,024 x N)
+        rows = max(1, triton.cdiv(M, 1024))
         programs = triton.cdiv(M, rows)
         dw_partial = torch.empty(programs, N, device=x2.device, dtype=torch.float32)
         _rms_norm_bwd[(programs,)](x2, weight, dy2, dx, dw_partial, rstd, x2.stride(0), M, N,
-                                   ROWS_PER_PROGRAM=rows, BLOCK=triton.next_power_of_2(N))
+                                   ROWS_PER_PROGRAM=rows, **_launch_shape(N))
         return dx.view(dy.shape), dw_partial.sum(0).to(weight.dtype), None
 
 
