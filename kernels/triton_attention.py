@@ -30,25 +30,30 @@ from kernels import dot_precision
 LOG2E = 1.4426950408889634
 
 
+# Autotune candidates on a GPU, each (BLOCK_M queries, BLOCK_N keys, warps, pipeline stages),
+# tuned once per head size and mask, not per length: evaluation calls attention with a new T
+# for nearly every batch, and tuning each would cost more than it saves. The candidates are
+# the tile shapes that need no local memory (no spilled registers) on sm_90 at head dims up to
+# 128 (bench/compile.py reads it from the compiled code; 64 x 64 tiles on 4 warps, say, spill
+# in the dK/dV kernel at head dim 128). Forward: larger query tiles reuse each key tile for
+# more queries. dK/dV: a program owns BLOCK_N keys and streams queries past them in steps of
+# BLOCK_M; dQ mirrors it.
+FWD_TILES = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3)]
+DKDV_TILES = [(32, 64, 4, 3), (64, 64, 8, 3), (32, 128, 8, 3)]
+DQ_TILES = [(64, 32, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3)]
+
+
 def _configs(gpu, interpreter):
-    """Autotune candidates, each (BLOCK_M queries, BLOCK_N keys, warps, pipeline stages), for a
-    GPU; every one fits sm_80 and sm_90 (bench/compile.py checks it). The interpreter cannot
-    benchmark, so it runs one small configuration, with tiles of unequal sides so that the
-    tests cover the causal bounds of tiles that do not line up."""
+    """The interpreter cannot benchmark, so it runs one configuration, with tiles of unequal
+    sides so that the tests cover the causal bounds of tiles that do not line up (and the
+    tests run every GPU shape through it too)."""
     shapes = [interpreter] if os.environ.get("TRITON_INTERPRET") == "1" else gpu
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
-# Tuned once per head size and mask, not per length: evaluation calls attention with a new T
-# for nearly every batch, and tuning each would cost more than it saves. The candidates are
-# the tile shapes that need no local memory (no spilled registers) on sm_80 and sm_90 at head
-# dims up to 128 (bench/compile.py reads it from the compiled code; 64 x 64 tiles on 4 warps,
-# say, spill in the dK/dV kernel at head dim 128). Forward: larger query tiles reuse each key
-# tile for more queries. dK/dV: a program owns BLOCK_N keys and streams queries past them in
-# steps of BLOCK_M; dQ mirrors it.
-FWD_CONFIGS = _configs([(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3)], (64, 32, 4, 1))
-DKDV_CONFIGS = _configs([(32, 64, 4, 3), (64, 64, 8, 3), (32, 128, 8, 3)], (32, 64, 4, 1))
-DQ_CONFIGS = _configs([(64, 32, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3)], (64, 32, 4, 1))
+FWD_CONFIGS = _configs(FWD_TILES, (64, 32, 4, 1))
+DKDV_CONFIGS = _configs(DKDV_TILES, (32, 64, 4, 1))
+DQ_CONFIGS = _configs(DQ_TILES, (64, 32, 4, 1))
 
 
 @triton.autotune(configs=FWD_CONFIGS, key=["D", "CAUSAL"])

@@ -121,6 +121,23 @@ def test_attention_tiles_of_unequal_sides_under_the_interpreter():
         assert config.kwargs["BLOCK_M"] != config.kwargs["BLOCK_N"]
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("i", range(3))
+def test_attention_in_every_gpu_tile_shape(monkeypatch, i, causal):
+    """The GPU's autotune candidates run here too, one shape of each kernel at a time, with
+    T = 100 (ragged in every shape) and grouped heads: forward tiles wider than tall included."""
+    import triton
+    for tuner, tiles in ((triton_attention._attn_fwd, triton_attention.FWD_TILES),
+                         (triton_attention._attn_bwd_dkdv, triton_attention.DKDV_TILES),
+                         (triton_attention._attn_bwd_dq, triton_attention.DQ_TILES)):
+        m, n, _, _ = tiles[i]
+        monkeypatch.setattr(tuner, "configs", [triton.Config({"BLOCK_M": m, "BLOCK_N": n})])
+    torch.manual_seed(i)
+    q, k, v = torch.randn(1, 4, 100, 32), torch.randn(1, 2, 100, 32), torch.randn(1, 2, 100, 32)
+    assert_same(grads(lambda a, b, c: triton_attention.attention(a, b, c, causal), q, k, v),
+                grads(lambda a, b, c: twins.attention(a, b, c, causal), q, k, v), torch.float32)
+
+
 def test_fp32_products_follow_torchs_matmul_precision():
     """Triton's default for fp32 tl.dot is one TF32 product (~1e-3); torch multiplies fp32
     exactly unless told otherwise, and the kernels follow torch's setting."""
