@@ -8,7 +8,8 @@ autocast, eager with our Triton kernels, eager with their PyTorch twins (what th
 and torch.compile'd: tokens/s and MFU against the datasheet dense bf16 peak (989 TFLOP/s for
 H100/H200). Kernels (CUDA only): each Triton kernel against its twin on the
 device, then against torch's best (flash SDPA, F.rms_norm, F.cross_entropy, cuBLAS) in TFLOP/s
-or GB/s and as a ratio, with a measured copy bandwidth for the memory-bound ones.
+or GB/s and as a ratio, with a measured copy bandwidth for the memory-bound ones; at the end,
+the configuration each autotuned kernel chose.
 
 Written for torch 2.11 / Triton 3.6 (the versions on the GPU machine we test on): no newer API.
 Each part runs on its own: a failure is recorded in gpu.json's "errors" and printed, the other
@@ -227,6 +228,19 @@ def time_kernels(device):
     return rows
 
 
+def autotune_choices():
+    """The configuration each autotuned kernel chose, per tuning key (head dim and mask for
+    attention; sizes for the fused loss and the matmul): which candidates earn their place."""
+    from kernels import triton_attention, triton_linear_cross_entropy, triton_matmul
+    tuners = {"attention forward": triton_attention._attn_fwd,
+              "attention dK/dV": triton_attention._attn_bwd_dkdv,
+              "attention dQ": triton_attention._attn_bwd_dq,
+              "linear_cross_entropy forward": triton_linear_cross_entropy._lce_fwd,
+              "linear_cross_entropy backward": triton_linear_cross_entropy._lce_bwd,
+              "matmul": triton_matmul._matmul}
+    return {name: {str(key): str(config) for key, config in tuner.cache.items()} for name, tuner in tuners.items()}
+
+
 def time_training(device, preset, micro_batch, steps, compile_model, dtype, backend="auto"):
     """Tokens/s and MFU of a training step; backend "torch" runs the twins instead of our
     Triton kernels (the difference is what the kernels buy)."""
@@ -302,6 +316,8 @@ def main():
         if name in info:
             runs.append(info.pop(name))
             info["training"] = runs
+    if is_cuda:                                 # after training, so its shapes are in too
+        section("autotune_choices", autotune_choices)
     (out / "gpu.json").write_text(json.dumps(info, indent=2))
     print("\n| preset | params | dtype | compiled | kernels | tokens/s | model TFLOP/s | MFU | memory GB |")
     print("|---|---:|---|---|---|---:|---:|---:|---:|")
