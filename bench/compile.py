@@ -17,7 +17,9 @@ specialisations and autotune configurations a GPU run would compile, and the cub
 
 This catches what the CPU interpreter cannot see (a tile that does not fit, a `tl.dot` the
 compiler rejects) before a scarce GPU hour, and shows what each tile size costs.
-tests/test_kernels.py runs it for sm_90 and sm_80. It measures no speed: that is bench/gpu.py.
+tests/test_kernels.py runs it for sm_90. It measures no speed: that is bench/gpu.py. It
+follows the launch path of Triton 3.6 (JITFunction.run, private helpers included), the
+version requirements.txt pins; another version may need compile_instead_of_launch adjusted.
 
 Run:
     python bench/compile.py                      # sm_90, a table
