@@ -35,13 +35,16 @@ import triton.language as tl
 from kernels import dot_precision
 
 # Tile sizes, autotuned on a GPU by N, V and C: larger tiles mean fewer atomic additions in
-# the backward pass (each (row tile, vocabulary tile) program adds its share into dh and dW),
-# smaller ones fewer registers. tl.dot needs every side >= 16; the interpreter runs NumPy and
-# cannot benchmark, so it gets one small configuration.
+# the backward pass (each element of dh receives V / BLOCK_V of them, each of dW N / BLOCK_M:
+# at 16,384 x 768 @ 768 x 50,304 and 128 x 128 tiles, 10 billion in all; 128 x 256 halves
+# dh's), smaller ones fewer registers. None spills on sm_90 (bench/compile.py). tl.dot needs
+# every side >= 16; the interpreter runs NumPy and cannot benchmark, so it gets one small
+# configuration.
 CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_V": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_V": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_V": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_V": 256, "BLOCK_K": 32}, num_warps=8, num_stages=2),
 ]
 if os.environ.get("TRITON_INTERPRET") == "1":
     CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_V": 32, "BLOCK_K": 16})]
