@@ -12,9 +12,10 @@ row are written, so memory is O(T), not O(T^2).
 The backward pass recomputes the probabilities P = exp(scale * Q K^T - lse) tile by tile
 instead of storing them, with Delta_i = sum_d dO_id O_id:
     dV = P^T dO      dP = dO V^T      dS = P * (dP - Delta)      dQ = scale dS K      dK = scale dS^T Q
-One kernel walks key tiles and accumulates dK, dV over the query tiles that see them; another
-walks query tiles and accumulates dQ: no atomics. Exponentials use exp2 with log2(e) folded into
-the scale. Grouped-query attention: query head h reads key/value head h // (n_head / n_kv_head);
+One kernel walks query tiles, computes Delta for them (so no fp32 copies of dO and O are made
+for it) and accumulates dQ; another then walks key tiles and accumulates dK, dV over the query
+tiles that see them: no atomics. Exponentials use exp2 with log2(e) folded into the scale.
+Grouped-query attention: query head h reads key/value head h // (n_head / n_kv_head);
 dK, dV are summed over each group afterwards. Any T works: edge tiles are masked.
 """
 
@@ -142,10 +143,11 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, sq_b, sq_h, sq_t, sk_b, sk_h
 
 @triton.autotune(configs=DQ_CONFIGS, key=["D", "CAUSAL"])
 @triton.jit
-def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, T, H, GROUP,
+def _attn_bwd_dq(Q, K, V, O, DO, LSE, DELTA, DQ, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, T, H, GROUP,
                  qk_scale, sm_scale, CAUSAL: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dQ of one query tile over the key tiles it sees."""
+    """dQ of one query tile over the key tiles it sees; first Delta of its rows, which it
+    needs and writes for the dK/dV kernel (each query tile is read here once anyway)."""
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     hk = h // GROUP
@@ -155,8 +157,10 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t
     q_ptrs = b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :]
     q = tl.load(Q + q_ptrs, mask=offs_m[:, None] < T, other=0.0)
     do = tl.load(DO + q_ptrs, mask=offs_m[:, None] < T, other=0.0)
+    o = tl.load(O + q_ptrs, mask=offs_m[:, None] < T, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)                 # Delta_i = dO_i . O_i
+    tl.store(DELTA + bh * T + offs_m, delta, mask=offs_m < T)
     lse = tl.load(LSE + bh * T + offs_m, mask=offs_m < T, other=0.0)
-    delta = tl.load(DELTA + bh * T + offs_m, mask=offs_m < T, other=0.0)
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     k_base = K + b * sk_b + hk * sk_h
     v_base = V + b * sk_b + hk * sk_h
@@ -203,17 +207,17 @@ class AttentionFunction(torch.autograd.Function):
         B, H, T, D = q.shape
         Hkv = k.shape[1]
         do = do.contiguous()
-        delta = (do.float() * o.float()).sum(-1).reshape(B * H, T)              # Delta_i = dO_i . O_i
+        delta = torch.empty(B * H, T, device=q.device, dtype=torch.float32)      # written by the dQ kernel
         dq = torch.empty_like(q)
         dk = torch.empty(B, H, T, D, device=q.device, dtype=q.dtype)            # per query head
         dv = torch.empty_like(dk)
         args = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), T, H, H // Hkv,
                 ctx.sm_scale * LOG2E, ctx.sm_scale)
         consts = dict(CAUSAL=ctx.causal, D=D, PRECISION=dot_precision(q))
+        _attn_bwd_dq[lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)](q, k, v, o, do, lse, delta, dq,
+                                                                         *args, **consts)
         _attn_bwd_dkdv[lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H)](q, k, v, do, lse, delta, dk, dv,
                                                                            *args, **consts)
-        _attn_bwd_dq[lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)](q, k, v, do, lse, delta, dq,
-                                                                         *args, **consts)
         if Hkv != H:                                         # a kv head's gradient: sum over its group
             dk = dk.view(B, Hkv, H // Hkv, T, D).sum(2)
             dv = dv.view(B, Hkv, H // Hkv, T, D).sum(2)
