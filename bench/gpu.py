@@ -99,14 +99,18 @@ def check_kernels(device):
         o2.float().sum().backward()
         return max((o1 - o2).abs().max().item(), *[(a - t.grad).abs().max().item() for a, t in zip(g1, (q, k, v))])
 
-    def linear_cross_entropy():
+    def linear_cross_entropy(backward):
         h = torch.randn(1000, 768, device=device, dtype=bf, requires_grad=True)
         w = (torch.randn(50304, 768, device=device, dtype=bf) * 0.02).requires_grad_()
         t = torch.randint(0, 50304, (1000,), device=device)
         grads = []
         for fn in (triton_linear_cross_entropy.linear_cross_entropy, twins.linear_cross_entropy):
-            loss = fn(h, w, t)
-            loss.backward()
+            triton_linear_cross_entropy.BACKWARD = backward
+            try:
+                loss = fn(h, w, t)
+                loss.backward()
+            finally:
+                triton_linear_cross_entropy.BACKWARD = "fused"
             grads.append((loss.item(), h.grad.float().clone(), w.grad.float().clone()))
             h.grad = w.grad = None
         (l1, dh1, dw1), (l2, dh2, dw2) = grads
@@ -125,7 +129,8 @@ def check_kernels(device):
         "swiglu": lambda: (triton_swiglu.swiglu(x, x) - twins.swiglu(x, x)).abs().max().item(),
         "cross_entropy": lambda: abs(triton_cross_entropy.cross_entropy(logits, t).item()
                                      - twins.cross_entropy(logits, t).item()),
-        "linear_cross_entropy": linear_cross_entropy,
+        "linear_cross_entropy": lambda: linear_cross_entropy("fused"),
+        "linear_cross_entropy (chunked backward)": lambda: linear_cross_entropy("chunked"),
         "matmul (relative)": lambda: ((triton_matmul.matmul(a, b).float() - (a @ b).float()).abs().max()
                                       / (a @ b).float().abs().max()).item(),
     }
@@ -204,13 +209,21 @@ def time_kernels(device):
                                  ("torch", lambda: F.cross_entropy(logits.float(), t)))]
 
     def linear_cross_entropy():
-        # the LM head and the loss together: fused (the logits never stored) vs F.linear + F.cross_entropy
+        # the LM head and the loss together, our two backward passes (the fused one with atomic
+        # adds, the chunked one with cuBLAS) vs F.linear + F.cross_entropy
         h = torch.randn(16384, 768, device=device, dtype=bf, requires_grad=True)
         w = (torch.randn(50304, 768, device=device, dtype=bf) * 0.02).requires_grad_()
-        return [(f"linear_cross_entropy fwd+bwd 16384x768 @ 768x50304 ({name})", "ms | peak GB",
-                 *peak_and_time(fn), None)
-                for name, fn in (("ours, fused", lambda: triton_linear_cross_entropy.linear_cross_entropy(h, w, t)),
-                                 ("torch", lambda: F.cross_entropy(F.linear(h, w).float(), t)))]
+        name = "linear_cross_entropy fwd+bwd 16384x768 @ 768x50304"
+        rows = []
+        for backward in ("fused", "chunked"):
+            triton_linear_cross_entropy.BACKWARD = backward
+            try:
+                rows.append((f"{name} (ours, {backward} backward)", "ms | peak GB",
+                             *peak_and_time(lambda: triton_linear_cross_entropy.linear_cross_entropy(h, w, t)), None))
+            finally:
+                triton_linear_cross_entropy.BACKWARD = "fused"
+        return rows + [(f"{name} (torch)", "ms | peak GB",
+                        *peak_and_time(lambda: F.cross_entropy(F.linear(h, w).float(), t)), None)]
 
     def matmul():
         a, b = torch.randn(4096, 4096, device=device, dtype=bf), torch.randn(4096, 4096, device=device, dtype=bf)

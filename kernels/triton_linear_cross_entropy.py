@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from kernels import dot_precision
+from kernels.triton_cross_entropy import _ce_bwd, _ce_fwd
 
 # Tile sizes, autotuned on a GPU by N, V and C: larger tiles mean fewer atomic additions in
 # the backward pass (each element of dh receives V / BLOCK_V of them, each of dW N / BLOCK_M:
@@ -118,6 +119,34 @@ def _lce_bwd(H, W, TARGETS, LSE, DH, DW, SCALE, N, V, C, stride_h, stride_w, ign
                       mask=col_mask[:, None] & k_mask[None, :])
 
 
+# How the backward pass gets dh and dW. "fused": as above, the logits never exist, at the price
+# of atomic adds. "chunked" (as Liger-Kernel does it): a few thousand rows at a time, that
+# chunk's logits by cuBLAS, turned in place into d loss / d logits by the chunked
+# cross-entropy's kernels, then dh and dW by cuBLAS: no atomics, one chunk of logits in memory
+# (CHUNK_LOGITS of them, 256 MB in bf16). Which is faster on a GPU is for bench/gpu.py to say.
+BACKWARD = "fused"
+CHUNK_LOGITS = 1 << 27
+
+
+def _chunked_backward(h, weight, targets, scale, ignore_index):
+    N, V = h.shape[0], weight.shape[0]
+    dh = torch.empty_like(h)
+    dw = torch.zeros(weight.shape, device=h.device, dtype=torch.float32)
+    rows = max(1, CHUNK_LOGITS // V)
+    block = min(triton.next_power_of_2(V), 4096)
+    for start in range(0, N, rows):
+        hc, tc = h[start:start + rows], targets[start:start + rows]
+        g = hc @ weight.t()                                                       # (rows, V) logits
+        lse = torch.empty(len(hc), device=h.device, dtype=torch.float32)
+        loss = torch.empty_like(lse)
+        # the log-sum-exp of these rounded logits, not the forward's: the softmax must sum to 1
+        _ce_fwd[(len(hc),)](g, tc, loss, lse, g.stride(0), V, ignore_index, BLOCK=block)
+        _ce_bwd[(len(hc),)](g, tc, lse, g, scale, g.stride(0), V, ignore_index, BLOCK=block)  # in place
+        dh[start:start + rows] = g @ weight                                       # (rows, C)
+        dw += (g.t() @ hc).float()                                                # (V, C)
+    return dh, dw.to(weight.dtype)
+
+
 class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.bfloat16)
@@ -141,9 +170,11 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         h, weight, targets, lse, n_valid = ctx.saved_tensors
         N, C = h.shape
         V = weight.shape[0]
+        scale = (dloss / n_valid).float().reshape(1)             # no .item(): no host-device sync
+        if BACKWARD == "chunked":
+            return *_chunked_backward(h, weight, targets, scale, ctx.ignore_index), None, None
         dh = torch.zeros(N, C, device=h.device, dtype=torch.float32)
         dw = torch.zeros(V, C, device=h.device, dtype=torch.float32)
-        scale = (dloss / n_valid).float().reshape(1)             # no .item(): no host-device sync
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), triton.cdiv(V, meta["BLOCK_V"]))  # noqa: E731
         _lce_bwd[grid](h, weight, targets, lse, dh, dw, scale, N, V, C, h.stride(0), weight.stride(0),
                        ctx.ignore_index, PRECISION=dot_precision(h))

@@ -64,10 +64,14 @@ def test_cross_entropy_with_ignored_rows_and_a_ragged_vocabulary(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_linear_cross_entropy_never_stores_the_logits_and_equals_the_twin(dtype):
+@pytest.mark.parametrize("backward", ["fused", "chunked"])
+def test_linear_cross_entropy_never_stores_the_logits_and_equals_the_twin(monkeypatch, dtype, backward):
     """The fused LM head + loss against F.linear + cross-entropy: 37 rows (ragged row tiles),
     V = 301 (a ragged vocabulary tile), C = 40 (a ragged hidden tile), ignored rows; the loss
-    and the gradients of both h and the weight."""
+    and the gradients of both h and the weight, from either backward pass (the chunked one in
+    chunks of 10 rows, the last one ragged)."""
+    monkeypatch.setattr(triton_linear_cross_entropy, "BACKWARD", backward)
+    monkeypatch.setattr(triton_linear_cross_entropy, "CHUNK_LOGITS", 10 * 301)
     torch.manual_seed(0)
     h, w = torch.randn(37, 40).to(dtype), (0.5 * torch.randn(301, 40)).to(dtype)
     targets = torch.randint(0, 301, (37,))
