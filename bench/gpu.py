@@ -22,6 +22,7 @@ Run:
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -79,6 +80,17 @@ def check(device):
     return {"fp32_loss_cpu": l_cpu.item(), "fp32_loss_device": l_dev.item(), "max_grad_diff": worst}
 
 
+@contextlib.contextmanager
+def lce_backward(mode):
+    """The fused loss's backward pass ("fused" or "chunked") within the block."""
+    from kernels import triton_linear_cross_entropy
+    before, triton_linear_cross_entropy.BACKWARD = triton_linear_cross_entropy.BACKWARD, mode
+    try:
+        yield
+    finally:
+        triton_linear_cross_entropy.BACKWARD = before
+
+
 def check_kernels(device):
     """Each Triton kernel against its twin on the device, bf16 where training uses it: the
     largest difference per kernel, or the error it raised (one broken kernel must not hide
@@ -105,12 +117,9 @@ def check_kernels(device):
         t = torch.randint(0, 50304, (1000,), device=device)
         grads = []
         for fn in (triton_linear_cross_entropy.linear_cross_entropy, twins.linear_cross_entropy):
-            triton_linear_cross_entropy.BACKWARD = backward
-            try:
+            with lce_backward(backward):
                 loss = fn(h, w, t)
                 loss.backward()
-            finally:
-                triton_linear_cross_entropy.BACKWARD = "fused"
             grads.append((loss.item(), h.grad.float().clone(), w.grad.float().clone()))
             h.grad = w.grad = None
         (l1, dh1, dw1), (l2, dh2, dw2) = grads
@@ -216,12 +225,9 @@ def time_kernels(device):
         name = "linear_cross_entropy fwd+bwd 16384x768 @ 768x50304"
         rows = []
         for backward in ("fused", "chunked"):
-            triton_linear_cross_entropy.BACKWARD = backward
-            try:
+            with lce_backward(backward):
                 rows.append((f"{name} (ours, {backward} backward)", "ms | peak GB",
                              *peak_and_time(lambda: triton_linear_cross_entropy.linear_cross_entropy(h, w, t)), None))
-            finally:
-                triton_linear_cross_entropy.BACKWARD = "fused"
         return rows + [(f"{name} (torch)", "ms | peak GB",
                         *peak_and_time(lambda: F.cross_entropy(F.linear(h, w).float(), t)), None)]
 

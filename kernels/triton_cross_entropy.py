@@ -54,29 +54,44 @@ def _ce_bwd(LOGITS, TARGETS, LSE, DLOGITS, SCALE, stride, V, ignore_index, BLOCK
         tl.store(DLOGITS + row * stride + cols, grad, mask=mask)
 
 
+def _block(V):
+    """How many logits a program takes at a time as it walks a row."""
+    return min(triton.next_power_of_2(V), 4096)
+
+
+def row_losses(logits, targets, ignore_index):
+    """(loss, log-sum-exp) of each row of logits (M, V): one program per row."""
+    M, V = logits.shape
+    loss = torch.empty(M, device=logits.device, dtype=torch.float32)
+    lse = torch.empty(M, device=logits.device, dtype=torch.float32)
+    _ce_fwd[(M,)](logits, targets, loss, lse, logits.stride(0), V, ignore_index, BLOCK=_block(V))
+    return loss, lse
+
+
+def logits_grad(logits, targets, lse, scale, ignore_index, out):
+    """d loss / d logits into out, laid out as logits (out may be logits itself: each block of a row is
+    read before the same program overwrites it); scale = d loss / n_valid on the device."""
+    M, V = logits.shape
+    _ce_bwd[(M,)](logits, targets, lse, out, scale, logits.stride(0), V, ignore_index, BLOCK=_block(V))
+    return out
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index):
         logits = logits.contiguous()
-        M, V = logits.shape
-        loss = torch.empty(M, device=logits.device, dtype=torch.float32)
-        lse = torch.empty(M, device=logits.device, dtype=torch.float32)
-        block = min(triton.next_power_of_2(V), 4096)
-        _ce_fwd[(M,)](logits, targets, loss, lse, logits.stride(0), V, ignore_index, BLOCK=block)
+        loss, lse = row_losses(logits, targets, ignore_index)
         n_valid = (targets != ignore_index).sum().clamp(min=1)
         ctx.save_for_backward(logits, targets, lse, n_valid)
-        ctx.ignore_index, ctx.block = ignore_index, block
+        ctx.ignore_index = ignore_index
         return loss.sum() / n_valid
 
     @staticmethod
     def backward(ctx, dloss):
         logits, targets, lse, n_valid = ctx.saved_tensors
-        M, V = logits.shape
-        dlogits = torch.empty_like(logits)                  # in the logits' dtype, not fp32
         scale = (dloss / n_valid).float().reshape(1)       # no .item(): no host-device sync
-        _ce_bwd[(M,)](logits, targets, lse, dlogits, scale, logits.stride(0), V, ctx.ignore_index,
-                      BLOCK=ctx.block)
-        return dlogits, None, None
+        dlogits = torch.empty_like(logits)                  # in the logits' dtype, not fp32
+        return logits_grad(logits, targets, lse, scale, ctx.ignore_index, dlogits), None, None
 
 
 def cross_entropy(logits, targets, ignore_index=-100):

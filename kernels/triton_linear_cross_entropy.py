@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from kernels import dot_precision
-from kernels.triton_cross_entropy import _ce_bwd, _ce_fwd
+from kernels.triton_cross_entropy import logits_grad, row_losses
 
 # Tile sizes, autotuned on a GPU by N, V and C: larger tiles mean fewer atomic additions in
 # the backward pass (each element of dh receives V / BLOCK_V of them, each of dW N / BLOCK_M:
@@ -129,19 +129,15 @@ CHUNK_LOGITS = 1 << 27
 
 
 def _chunked_backward(h, weight, targets, scale, ignore_index):
-    N, V = h.shape[0], weight.shape[0]
     dh = torch.empty_like(h)
     dw = torch.zeros(weight.shape, device=h.device, dtype=torch.float32)
-    rows = max(1, CHUNK_LOGITS // V)
-    block = min(triton.next_power_of_2(V), 4096)
-    for start in range(0, N, rows):
+    rows = max(1, CHUNK_LOGITS // weight.shape[0])
+    for start in range(0, h.shape[0], rows):
         hc, tc = h[start:start + rows], targets[start:start + rows]
         g = hc @ weight.t()                                                       # (rows, V) logits
-        lse = torch.empty(len(hc), device=h.device, dtype=torch.float32)
-        loss = torch.empty_like(lse)
         # the log-sum-exp of these rounded logits, not the forward's: the softmax must sum to 1
-        _ce_fwd[(len(hc),)](g, tc, loss, lse, g.stride(0), V, ignore_index, BLOCK=block)
-        _ce_bwd[(len(hc),)](g, tc, lse, g, scale, g.stride(0), V, ignore_index, BLOCK=block)  # in place
+        _, lse = row_losses(g, tc, ignore_index)
+        logits_grad(g, tc, lse, scale, ignore_index, out=g)                       # in place
         dh[start:start + rows] = g @ weight                                       # (rows, C)
         dw += (g.t() @ hc).float()                                                # (V, C)
     return dh, dw.to(weight.dtype)
@@ -168,11 +164,11 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dloss):
         h, weight, targets, lse, n_valid = ctx.saved_tensors
-        N, C = h.shape
-        V = weight.shape[0]
         scale = (dloss / n_valid).float().reshape(1)             # no .item(): no host-device sync
         if BACKWARD == "chunked":
             return *_chunked_backward(h, weight, targets, scale, ctx.ignore_index), None, None
+        N, C = h.shape
+        V = weight.shape[0]
         dh = torch.zeros(N, C, device=h.device, dtype=torch.float32)
         dw = torch.zeros(V, C, device=h.device, dtype=torch.float32)
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), triton.cdiv(V, meta["BLOCK_V"]))  # noqa: E731
