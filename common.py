@@ -31,6 +31,15 @@ class StageError(Exception):
     """
 
 
+def require(path, producer, what=""):
+    """`path` if it exists; otherwise the one error every stage gives for a missing input:
+    `no <what at> <path>; run <producer> first`, naming the stage that writes it."""
+    path = Path(path)
+    if not path.exists():
+        raise StageError(f"no {what + ' at ' if what else ''}{path}; run {producer} first")
+    return path
+
+
 def run_main(main):
     """Call a stage's `main()`, turning a StageError into one line on stderr and exit 1."""
     try:
