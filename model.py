@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 import kernels
 from common import StageError, atomic_open
+from tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
 
@@ -306,14 +307,6 @@ def flops_per_token(cfg, n_params):
     return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
 
-def token_byte_lengths(tokenizer, vocab_size):
-    """UTF-8 bytes of each token id; 0 for special tokens (they are not text)."""
-    lengths = torch.zeros(vocab_size, dtype=torch.long)
-    for token, rank in tokenizer.ranks.items():
-        lengths[rank] = len(token)
-    return lengths
-
-
 def bits_per_byte(logits, targets, byte_lengths):
     """(summed next-token loss in nats, UTF-8 bytes of the targets), special tokens excluded.
 
@@ -345,7 +338,6 @@ def save_checkpoint(out_dir, model, tokenizer_path):
 
 def load_checkpoint(ckpt_dir, device="cpu"):
     """(model, tokenizer, meta) of any stage's checkpoint directory, checked for consistency."""
-    from bpe import Tokenizer
     ckpt_dir = Path(ckpt_dir)
     path = ckpt_dir / "model.pt"
     if not path.exists():

@@ -39,7 +39,7 @@ def main(argv=None):
     if args.chat:
         prompt = tok.render_prompt([{"role": "user", "content": args.prompt}])
     else:
-        prompt = [eot] + tok.encode_ordinary(args.prompt)      # documents start after <|endoftext|>
+        prompt = tok.encode_document(args.prompt)
     room = model.config.block_size - len(prompt)
     if room < 1:
         raise StageError(f"the prompt has {len(prompt)} tokens; the model's context is {model.config.block_size}")

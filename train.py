@@ -41,10 +41,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import bpe
 import kernels
 from common import StageError, atomic_open, hash_inputs, pick_device, run_main, save_figure, write_meta
-from model import PRESETS, GPT, GPTConfig, bits_per_byte, flops_per_token, save_checkpoint, token_byte_lengths
+from model import PRESETS, GPT, GPTConfig, bits_per_byte, flops_per_token, save_checkpoint
+from tokenizer import load_token_dir
 
 FORMAT, VERSION = "checkpoint", 1
 
@@ -263,12 +263,12 @@ def evaluate(model, val, args, block, byte_lengths, ctx, device):
 def sample_texts(model, tokenizer, n, step, seed, device):
     prompts = ["The", "def ", "In the year", "KING"][:n]
     gen = torch.Generator(device=device).manual_seed(seed + step)
-    ids = [[tokenizer.special("<|endoftext|>")] + tokenizer.encode_ordinary(p) for p in prompts]   # a document start
+    ids = [tokenizer.encode_document(p) for p in prompts]
     model.eval()
     out = model.generate(ids, 40, temperature=0.8, top_k=50, stop_tokens={tokenizer.special("<|endoftext|>")},
                          generator=gen)
     model.train()
-    return [p + tokenizer.decode([t for t in o if t < len(tokenizer.ranks)]) for p, o in zip(prompts, out)]
+    return [p + tokenizer.decode([t for t in o if not tokenizer.is_special(t)]) for p, o in zip(prompts, out)]
 
 
 def plot_curves(out_dir, log):
@@ -308,7 +308,7 @@ def main(argv=None):
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
     # 1. data, tokenizer and the model's shape
-    tokenizer, tok_meta = bpe.load_token_dir(args.data_dir)
+    tokenizer, tok_meta = load_token_dir(args.data_dir)
     shard_dtype = np.dtype(tok_meta["dtype"])
     train = np.memmap(Path(args.data_dir) / "train.bin", dtype=shard_dtype, mode="r")
     val = np.memmap(Path(args.data_dir) / "val.bin", dtype=shard_dtype, mode="r")
@@ -345,7 +345,7 @@ def main(argv=None):
     n_params = raw.num_params()
     fpt = flops_per_token(cfg, n_params)
     peak = peak_flops(device, dtype) if master else None
-    byte_lengths = token_byte_lengths(tokenizer, cfg.vocab_size)
+    byte_lengths = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.long)
     tok_path = Path(args.data_dir) / "tokenizer.json"
     if master:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Benchmark of bpe.py against tiktoken (encoding, decoding) and HF tokenizers (training).
+"""Benchmark of tokenizer.py against tiktoken (encoding, decoding) and HF tokenizers (training).
 
 Everything runs on the same 10 MB: a fixed shuffle of the train split of out/data/corpus.jsonl
 (run data/prepare.py first). Each figure is the median of --repeats runs after a warm-up on
@@ -34,7 +34,7 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import bpe  # noqa: E402
+from tokenizer import GPT2_PATTERN, GPT4_PATTERN, SPECIAL_TOKENS, Tokenizer, gpt2_ranks_path  # noqa: E402
 
 
 def read_corpus(corpus):
@@ -67,12 +67,13 @@ def median_time(fn, repeats, before=None):
 
 
 def hf_train(texts, vocab_size):
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
-    tok = Tokenizer(models.BPE())
+    from tokenizers import Regex, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(bpe.GPT4_PATTERN), behavior="isolated"),
+        pre_tokenizers.Split(Regex(GPT4_PATTERN), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(bpe.SPECIAL_TOKENS),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer)
     return tok
@@ -110,15 +111,15 @@ def main():
     train, everything = read_corpus(args.corpus)
     texts, warm = take(train, args.mb), take(train, 0.5, skip_mb=args.mb)
     mb = sum(len(t.encode()) for t in texts) / 1e6
-    gpt2 = bpe.Tokenizer.from_tiktoken_file(bpe.gpt2_ranks_path(), bpe.GPT2_PATTERN, {"<|endoftext|>": 50256})
-    ref = tiktoken.Encoding("gpt2", pat_str=bpe.GPT2_PATTERN, mergeable_ranks=dict(gpt2.ranks),
+    gpt2 = Tokenizer.from_tiktoken_file(gpt2_ranks_path(), GPT2_PATTERN, {"<|endoftext|>": 50256})
+    ref = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=dict(gpt2.ranks),
                             special_tokens={"<|endoftext|>": 50256})
     rows = []
 
     # training
-    bpe.Tokenizer.train(warm, 1024)
+    Tokenizer.train(warm, 1024)
     hf_train(warm, 1024)
-    t_ours, _ = median_time(lambda: bpe.Tokenizer.train(texts, args.vocab_size), args.repeats)
+    t_ours, _ = median_time(lambda: Tokenizer.train(texts, args.vocab_size), args.repeats)
     t_hf, _ = median_time(lambda: hf_train(texts, args.vocab_size), args.repeats)
     rows.append(("training to %d ids" % args.vocab_size, t_ours, t_hf, 0.5))
 
@@ -131,7 +132,7 @@ def main():
     t_tik, ref_ids = median_time(lambda: [ref.encode_ordinary(t) for t in texts], args.repeats)
     assert ids == ref_ids, "encodings differ from tiktoken's"
     rows.append(("encoding, 1 process", t_ours, t_tik, 0.3))
-    t_re, _ = median_time(lambda: [gpt2.pat.findall(t) for t in texts], args.repeats)
+    t_re, _ = median_time(lambda: [gpt2.compiled_pattern.findall(t) for t in texts], args.repeats)
     rows.append(("  regex split alone", t_re, t_tik, None))
 
     # encoding, 2 processes (each with its own cache, emptied: the pool is new each run)
@@ -152,7 +153,7 @@ def main():
     assert out == [ref.decode(i) for i in ids]
     rows.append(("decoding", t_ours, t_tik, 0.3))
 
-    print(f"\nbpe.py vs peers on the same {mb:.1f} MB, median of {args.repeats} "
+    print(f"\ntokenizer.py vs peers on the same {mb:.1f} MB, median of {args.repeats} "
           f"(peer: HF tokenizers {tokenizers.__version__} for training, tiktoken {tiktoken.__version__} after)\n")
     print("| measure | ours s | ours MB/s | peer s | ratio peer/ours | target |")
     print("|---|---:|---:|---:|---:|---:|")

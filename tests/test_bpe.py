@@ -1,5 +1,6 @@
-"""bpe.py: exactness against tiktoken, round trips, training against a brute-force reference,
-special tokens, the chat template, files, and the stage end to end."""
+"""tokenizer.py and the bpe.py stage: exactness against tiktoken, round trips, training against
+a brute-force reference, special tokens, the contracts (document starts, specials, byte lengths),
+the chat template, files, and the stage end to end."""
 
 import json
 import random
@@ -13,9 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import bpe
 from common import StageError, cache_dir
 from textgen import english_doc
+from tokenizer import (GPT2_PATTERN, GPT4_PATTERN, SHARDS_FORMAT, SHARDS_VERSION, Tokenizer,
+                       count_chunks, escape_bytes, learn_bpe, load_token_dir, merge_pair, tie_key,
+                       unescape_bytes)
 
 tiktoken = pytest.importorskip("tiktoken")
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +35,8 @@ def gpt2():
     path = cache_dir() / "gpt2.tiktoken"
     if not path.exists():
         pytest.skip("GPT-2 ranks not in the cache: run ./test.sh, which fetches them")
-    ours = bpe.Tokenizer.from_tiktoken_file(path, bpe.GPT2_PATTERN, {"<|endoftext|>": 50256})
-    ref = tiktoken.Encoding("gpt2", pat_str=bpe.GPT2_PATTERN, mergeable_ranks=dict(ours.ranks),
+    ours = Tokenizer.from_tiktoken_file(path, GPT2_PATTERN, {"<|endoftext|>": 50256})
+    ref = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=dict(ours.ranks),
                             special_tokens={"<|endoftext|>": 50256})
     return ours, ref
 
@@ -42,8 +45,8 @@ def gpt2():
 def gpt2_with_gpt4_pattern(gpt2):
     """GPT-2's ranks with GPT-4's split pattern: tests our handling of the cl100k regex."""
     ranks = dict(gpt2[0].ranks)
-    return (bpe.Tokenizer(ranks, bpe.GPT4_PATTERN, {}),
-            tiktoken.Encoding("x", pat_str=bpe.GPT4_PATTERN, mergeable_ranks=ranks, special_tokens={}))
+    return (Tokenizer(ranks, GPT4_PATTERN, {}),
+            tiktoken.Encoding("x", pat_str=GPT4_PATTERN, mergeable_ranks=ranks, special_tokens={}))
 
 
 # ----------------------------------------------------------------------------- exactness
@@ -93,7 +96,7 @@ def small_corpus(seed=0, n=300):
 
 @pytest.fixture(scope="module")
 def trained():
-    return bpe.Tokenizer.train(small_corpus(), vocab_size=400)
+    return Tokenizer.train(small_corpus(), vocab_size=400)
 
 
 def test_trained_tokenizer_exported_to_tiktoken_gives_the_same_ids(trained, tmp_path):
@@ -140,45 +143,45 @@ def reference_bpe(chunk_counts, n_tokens):
         else:
             new = len(tokens)
             tokens.append(joined)
-        words = {c: bpe.merge_pair(w, best, new) for c, w in words.items()}
+        words = {c: merge_pair(w, best, new) for c, w in words.items()}
     return tokens
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_training_equals_brute_force(seed):
-    counts = bpe.count_chunks(small_corpus(seed, n=60), bpe.GPT4_PATTERN)
-    tokens, merges = bpe.learn_bpe(counts, 256 + 60)
+    counts = count_chunks(small_corpus(seed, n=60), GPT4_PATTERN)
+    tokens, merges = learn_bpe(counts, 256 + 60)
     assert tokens == reference_bpe(counts, 256 + 60)
     assert all(tokens[256 + i] == tokens[a] + tokens[b] for i, (a, b) in enumerate(merges))
 
 
 def test_ties_go_to_the_lexicographically_greatest_pair():
     # Every pair occurs once: "cd" > "ab", so (c, d) is merged first, then (a, b).
-    tokens, _ = bpe.learn_bpe({b"ab": 1, b"cd": 1}, 258)
+    tokens, _ = learn_bpe({b"ab": 1, b"cd": 1}, 258)
     assert tokens[256:] == [b"cd", b"ab"]
-    assert bpe.tie_key(b"ab") < bpe.tie_key(b"a") < bpe.tie_key(b"")
+    assert tie_key(b"ab") < tie_key(b"a") < tie_key(b"")
 
 
 def test_training_is_deterministic_and_order_free(tmp_path):
     texts = small_corpus(7)
-    a = bpe.Tokenizer.train(texts, 350)
-    b = bpe.Tokenizer.train(list(reversed(texts)), 350)
+    a = Tokenizer.train(texts, 350)
+    b = Tokenizer.train(list(reversed(texts)), 350)
     a.save(tmp_path / "a.json")
     b.save(tmp_path / "b.json")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
 
 
 def test_specials_are_never_merged_across():
-    tok = bpe.Tokenizer.train(["hello<|end|>world<|end|>" * 50], 256 + 16 + 8)
+    tok = Tokenizer.train(["hello<|end|>world<|end|>" * 50], 256 + 16 + 8)
     learned = [t for t in tok.ranks if len(t) > 1]
     assert len(learned) == 8 and all(b"<" not in t and b"|" not in t for t in learned)
 
 
 def test_vocab_size_too_small_and_empty_texts():
     with pytest.raises(ValueError, match="below 256 bytes"):
-        bpe.Tokenizer.train(["abc"], 256 + 15)
+        Tokenizer.train(["abc"], 256 + 15)
     with pytest.raises(ValueError, match="empty"):
-        bpe.Tokenizer.train(["", ""], 300)
+        Tokenizer.train(["", ""], 300)
 
 
 # ----------------------------------------------------------------------------- specials and chat
@@ -196,7 +199,7 @@ def test_special_tokens_follow_tiktoken(trained):
 
 
 def test_overlapping_specials_match_longest_first(trained):
-    tok = bpe.Tokenizer(trained.ranks, trained.pattern, {"<|a|>": 400, "<|a|>b": 401})
+    tok = Tokenizer(trained.ranks, trained.pattern, {"<|a|>": 400, "<|a|>b": 401})
     assert tok.encode("x<|a|>by", allowed_special="all") == tok.encode_ordinary("x") + [401] + tok.encode_ordinary("y")
 
 
@@ -220,18 +223,39 @@ def test_render_chat_masks_only_the_assistant(trained):
         trained.render_chat([{"role": "robot", "content": "x"}])
 
 
+# ----------------------------------------------------------------------------- the contracts
+
+def test_document_starts_specials_and_byte_lengths_worked_example():
+    # Chunks "ab", " ab", " ab": (a, b) occurs 3 times, (" ", a) twice, so the one merge is
+    # ab = 256; the 16 specials follow, <|endoftext|> = 257 .. <|reserved_10|> = 272.
+    tok = Tokenizer.train(["ab ab ab"], 256 + 16 + 1)
+    assert tok.ranks[b"ab"] == 256 and tok.special("<|endoftext|>") == 257 and tok.vocab_size == 273
+    # a document starts after <|endoftext|>; " ab" is " " + "ab" (" a" is not a token)
+    assert tok.encode_document("ab ab") == [257, 256, 32, 256]
+    assert tok.encode_document("") == [257]
+    assert tok.encode_document("<|endoftext|>").count(257) == 1        # special text stays text
+    assert [tok.is_special(i) for i in (0, 255, 256, 257, 272, 273)] == \
+        [False, False, False, True, True, False]
+    assert tok.token_byte_lengths() == [1] * 256 + [2] + [0] * 16
+    # Another layout: ids 256..299 unused, one special at 300. Specials are what special_tokens
+    # says, not "every id after the ranks"; unused ids have no bytes either.
+    sparse = Tokenizer({bytes([i]): i for i in range(256)}, GPT4_PATTERN, {"<|x|>": 300})
+    assert [sparse.is_special(i) for i in (255, 256, 299, 300)] == [False, False, False, True]
+    assert sparse.token_byte_lengths() == [1] * 256 + [0] * 45 and sparse.vocab_size == 301
+
+
 # ----------------------------------------------------------------------------- files
 
 def test_save_load_round_trip_and_listing(trained, tmp_path):
     trained.save(tmp_path / "tok.json")
-    loaded = bpe.Tokenizer.load(tmp_path / "tok.json")
+    loaded = Tokenizer.load(tmp_path / "tok.json")
     assert loaded.ranks == trained.ranks and loaded.special_tokens == trained.special_tokens
     assert loaded.encode(SAMPLE, allowed_special="all") == trained.encode(SAMPLE, allowed_special="all")
     assert loaded.sha256() == trained.sha256()
     listing = trained.vocab_listing().splitlines()
     assert len(listing) == trained.vocab_size
     assert listing[256].startswith("256\t") and "<- [" in listing[256]
-    assert bpe.unescape_bytes(bpe.escape_bytes(bytes(range(256)))) == bytes(range(256))
+    assert unescape_bytes(escape_bytes(bytes(range(256)))) == bytes(range(256))
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -245,7 +269,7 @@ def test_damaged_tokenizer_files(trained, tmp_path, damage, message):
     trained.save(path)
     path.write_text(damage(path.read_text()))
     with pytest.raises(StageError, match=message):
-        bpe.Tokenizer.load(path)
+        Tokenizer.load(path)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -269,7 +293,7 @@ def test_stage_end_to_end(tmp_path):
     write_corpus(data / "corpus.jsonl", texts)
     proc = run_bpe("--data-dir", data, "--out-dir", out, "--vocab-size", 400, "--workers", 2)
     assert proc.returncode == 0, proc.stderr
-    tok, meta = bpe.load_token_dir(out)
+    tok, meta = load_token_dir(out)
     assert tok.vocab_size == 400 and meta["dtype"] == "uint16"
     train = np.fromfile(out / "train.bin", dtype=np.uint16)
     val = np.fromfile(out / "val.bin", dtype=np.uint16)
@@ -286,11 +310,22 @@ def test_stage_end_to_end(tmp_path):
     for name in ("tokenizer.json", "train.bin", "val.bin"):
         assert (out / name).read_bytes() == (tmp_path / "tok2" / name).read_bytes()
 
+    # Shards of another format or version are refused, with the stage to run again.
+    meta_path = tmp_path / "tok2" / "meta.json"
+    good = json.loads(meta_path.read_text())
+    assert (good["format"], good["version"]) == (SHARDS_FORMAT, SHARDS_VERSION) == ("tokens", 1)
+    for bad in ({"version": 2}, {"format": "checkpoint"}):
+        meta_path.write_text(json.dumps({**good, **bad}))
+        with pytest.raises(StageError, match="shards, 'tokens' version 1; run bpe.py again"):
+            load_token_dir(tmp_path / "tok2")
+    with pytest.raises(StageError, match="meta.json; run bpe.py first"):
+        load_token_dir(tmp_path / "nothing")
+
     # A tokenizer that does not belong to the shards is refused.
-    other = bpe.Tokenizer.train(small_corpus(9), 400)
+    other = Tokenizer.train(small_corpus(9), 400)
     other.save(out / "tokenizer.json")
     with pytest.raises(StageError, match="does not match the tokenizer that made the shards"):
-        bpe.load_token_dir(out)
+        load_token_dir(out)
 
 
 def test_stage_bad_input(tmp_path):

@@ -24,6 +24,7 @@ import train
 from common import StageError
 from model import GPT, IGNORE_INDEX, GPTConfig, bits_per_byte, load_checkpoint, sample_next
 from textgen import english_doc
+from tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
@@ -210,7 +211,7 @@ def test_training_lowers_validation_loss_and_writes_a_checkpoint(tok_dir, tmp_pa
     sample.main([str(tmp_path), "--prompt", "The", "--max-new-tokens", "5", "--num-samples", "2"])
     assert capsys.readouterr().out.count("--- sample") == 2
     # a tokenizer that is not the model's: refused
-    bpe.Tokenizer.train([english_doc(i) for i in range(200, 230)], 320).save(tmp_path / "tokenizer.json")
+    Tokenizer.train([english_doc(i) for i in range(200, 230)], 320).save(tmp_path / "tokenizer.json")
     with pytest.raises(StageError, match="do not belong together"):
         load_checkpoint(tmp_path)
 
