@@ -52,9 +52,9 @@ import torch
 from tqdm import tqdm
 
 import benchmarks
-import bpe
 from common import StageError, atomic_open, hash_inputs, pick_device, run_main, save_figure, write_json, write_meta
-from model import bits_per_byte, load_checkpoint, token_byte_lengths
+from model import bits_per_byte, load_checkpoint
+from tokenizer import load_token_dir
 
 FORMAT, VERSION = "llmpipe-eval", 1
 TASK_NAMES = ["val", *benchmarks.TASKS]
@@ -160,7 +160,7 @@ def complete(model, tokenizer, prompts, stops, max_new_tokens, batch_size, devic
     """
     eot = tokenizer.special("<|endoftext|>")
     max_new = min(max_new_tokens, model.config.block_size // 2)
-    ids = [([eot] + tokenizer.encode_ordinary(p))[-(model.config.block_size - max_new):] for p in prompts]
+    ids = [tokenizer.encode_document(p)[-(model.config.block_size - max_new):] for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))       # similar lengths: little padding
     gen = torch.Generator(device=device).manual_seed(seed)
     out = [""] * len(ids)
@@ -178,7 +178,7 @@ def validation_tokens(tokenizer, data_dir, max_tokens):
     """The validation split as ids of the checkpoint's tokenizer. If the shards were made by
     another tokenizer, their text is decoded and encoded again: bits per byte compare models
     whatever their vocabularies, on the very same bytes."""
-    tok_data, meta = bpe.load_token_dir(data_dir)
+    tok_data, meta = load_token_dir(data_dir)
     val = np.memmap(Path(data_dir) / "val.bin", dtype=meta["dtype"], mode="r")
     if tok_data.sha256() != tokenizer.sha256():
         text = tok_data.decode(val.tolist())               # documents, each ending in <|endoftext|>
@@ -195,7 +195,7 @@ def validation_bpb(model, tokenizer, val, batch_size, device):
     n_windows = (len(val) - 1) // block
     if n_windows < 1:
         raise StageError(f"the validation split has {len(val)} tokens, fewer than one window of {block + 1}")
-    byte_lengths = token_byte_lengths(tokenizer, model.config.vocab_size)
+    byte_lengths = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.long)
     nats = n_bytes = n_tokens = loss_sum = 0.0
     for start in tqdm(range(0, n_windows, batch_size), desc="val", unit="batch", mininterval=1, leave=False):
         w = np.arange(start, min(start + batch_size, n_windows))[:, None] * block + np.arange(block + 1)  # (B, block+1)

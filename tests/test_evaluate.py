@@ -21,10 +21,11 @@ import train
 from common import StageError
 from model import GPT, GPTConfig
 from textgen import english_doc
+from tokenizer import SPECIAL_TOKENS, Tokenizer, load_token_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 TRUTHFULQA = ROOT.parent / "shared" / "data" / "truthfulqa" / "TruthfulQA.csv"
-BYTES = bpe.Tokenizer.train(["a"], 256 + len(bpe.SPECIAL_TOKENS))     # no merges: one id per byte
+BYTES = Tokenizer.train(["a"], 256 + len(SPECIAL_TOKENS))     # no merges: one id per byte
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +199,7 @@ def test_humaneval_with_several_samples_per_problem(items):
 
 
 def test_batched_loglikelihoods_equal_a_manual_computation_with_left_truncation():
-    tok = bpe.Tokenizer.train(["the cat sat on the mat and the dog ran " * 20], 256 + 16 + 20)
+    tok = Tokenizer.train(["the cat sat on the mat and the dog ran " * 20], 256 + 16 + 20)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=32)).eval()
 
@@ -309,7 +310,7 @@ def test_report_card_side_by_side_and_the_regression_gate(setup, tmp_path, capsy
 def test_validation_text_is_the_same_under_another_tokenizer(setup):
     """Shards made by another tokenizer are decoded and encoded again: the same bytes, so bits
     per byte compare models whatever their vocabularies."""
-    tok_data, meta = bpe.load_token_dir(setup / "tok")
+    tok_data, meta = load_token_dir(setup / "tok")
     own = evaluate.validation_tokens(tok_data, setup / "tok", 0)
     assert len(own) == meta["metrics"]["val_tokens"]
     again = evaluate.validation_tokens(BYTES, setup / "tok", 0)
@@ -328,7 +329,7 @@ def test_bad_input(setup, tmp_path):
     # a checkpoint next to a tokenizer it was not trained with
     bad = tmp_path / "mixed"
     shutil.copytree(setup / "b", bad)
-    other = bpe.Tokenizer.train([english_doc(99, 30)], 300)
+    other = Tokenizer.train([english_doc(99, 30)], 300)
     other.save(bad / "tokenizer.json")
     with pytest.raises(StageError, match="not the tokenizer this model was trained with"):
         run_eval(setup, tmp_path / "o", "--tasks", "val", ckpts=(str(bad),))
