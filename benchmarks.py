@@ -6,7 +6,7 @@ Every benchmark becomes a list of items of one of three shapes:
   indices of all true answers, instead of "gold");
 - generation: {"id", "prompt", "answer", "text"} (GSM8K), or the HumanEval problem itself;
 - "text" is the item's own words (question and answers, no few-shot examples): what the
-  13-gram contamination check looks for in the training split.
+  13-gram contamination check (data/contamination.py) looks for in the training split.
 
 Formats follow lm-evaluation-harness (Gao et al. 2023) unless said otherwise:
 - MMLU (Hendrycks et al. 2021), split test, 5-shot from dev:
@@ -54,7 +54,6 @@ from tqdm import tqdm
 
 import sandbox
 from common import StageError, fetch_pypi
-from data.dedup import normalize_for_dedup
 
 # ----------------------------------------------------------------------------- loading
 
@@ -390,56 +389,4 @@ def score_humaneval(problems, completions, ks=(1, 10), timeout=10.0):
         if all(p["n"] >= k for p in per_problem):
             scores[f"pass@{k}"] = float(np.mean([pass_at_k(p["n"], p["passed"], k) for p in per_problem]))
     return scores, per_problem
-
-
-# ----------------------------------------------------------------------------- contamination
-
-def word_ngrams(text, n=13):
-    """The set of n-word sequences of the text after dedup's normalisation (lower case, no
-    accents, no punctuation), so formatting differences do not hide an overlap."""
-    words = normalize_for_dedup(text).split()
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
-def contamination(train_texts, items, n=13):
-    """Which benchmark items share at least one n-gram with the training texts (GPT-3's test,
-    Brown et al. 2020, App. C, with n = 13).
-
-    items: {item id: text}. Items shorter than n words cannot be checked this way and are
-    counted apart. Streams the training texts: memory holds the items' n-grams only.
-    Returns {"items", "checked", "too_short", "contaminated", "fraction", "ids", "short_ids"}.
-    """
-    owners = {}
-    short = []
-    for item_id, text in items.items():
-        grams = word_ngrams(text, n)
-        if not grams:
-            short.append(item_id)
-        for g in grams:
-            owners.setdefault(g, set()).add(item_id)
-    hit = set()
-    for text in train_texts:
-        for g in word_ngrams(text, n) & owners.keys():
-            hit |= owners[g]
-    checked = len(items) - len(short)
-    return {"items": len(items), "checked": checked, "too_short": len(short), "contaminated": len(hit),
-            "fraction": len(hit) / checked if checked else 0.0, "ids": sorted(hit), "short_ids": short}
-
-
-def benchmark_ngrams(names, truthfulqa_csv=None, n=13):
-    """{hash of an n-gram: benchmark} over every item of the named benchmarks, for dropping
-    contaminated training documents (data/prepare.py --decontaminate). Hashes, not the
-    n-grams themselves: millions of 13-word tuples would take gigabytes. Unavailable
-    benchmarks (TruthfulQA without its CSV) are skipped and named in the second value."""
-    index, skipped = {}, []
-    for name in names:
-        try:
-            items = load_task(name, truthfulqa_csv)
-        except Unavailable as e:
-            skipped.append(f"{name} ({e})")
-            continue
-        for item in items:
-            for g in word_ngrams(item["text"], n):
-                index[hash(g)] = name
-    return index, skipped
 

@@ -53,6 +53,7 @@ from tqdm import tqdm
 
 import benchmarks
 from common import StageError, atomic_open, hash_inputs, pick_device, run_main, save_figure, write_json, write_meta
+from data.contamination import contamination
 from model import bits_per_byte, load_checkpoint
 from tokenizer import load_token_dir
 
@@ -267,8 +268,8 @@ def check_contamination(all_items, corpus):
     """{benchmark: contamination summary} over all items of each benchmark (not only the
     --limit sample), in one pass over the corpus' training split."""
     texts = {f"{name}/{item['id']}": item["text"] for name, items in all_items.items() for item in items}
-    result = benchmarks.contamination(tqdm(read_train_texts(corpus), desc="contamination", unit="doc",
-                                           mininterval=1, leave=False), texts)
+    result = contamination(tqdm(read_train_texts(corpus), desc="contamination", unit="doc",
+                                mininterval=1, leave=False), texts)
     out = {}
     for name, items in all_items.items():
         hit = [k for k in result["ids"] if k.startswith(name + "/")]

@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tqdm import tqdm  # noqa: E402
 
 from common import StageError, atomic_open, hash_inputs, run_main, save_figure, write_json, write_meta  # noqa: E402
-from data import dedup, filters, sources  # noqa: E402
+from data import contamination, dedup, filters, sources  # noqa: E402
 
 FORMAT, VERSION = "corpus", 1
 # The order in which rules run, and so the order of the report's rows.
@@ -125,11 +125,11 @@ def parse_args(argv=None):
 
 
 def parse_benchmarks(text, parser):
-    import benchmarks
-    names = list(benchmarks.TASKS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in benchmarks.TASKS]
+    known = contamination.BENCHMARKS
+    names = list(known) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        parser.error(f"--decontaminate: unknown benchmark {', '.join(unknown)}; choose from {', '.join(benchmarks.TASKS)}")
+        parser.error(f"--decontaminate: unknown benchmark {', '.join(unknown)}; choose from {', '.join(known)}")
     return names
 
 
@@ -454,7 +454,6 @@ def mix_split_and_write(args, report, quotas, src_path, corpus_path, bench_ngram
     Contamination is GPT-3's test (Brown et al. 2020, App. C): a document sharing any 13-word
     sequence with a benchmark item would let the model recite the answer instead of earning
     it. evaluate.py reports the same overlap per benchmark."""
-    from benchmarks import word_ngrams
     taken = defaultdict(int)
     totals = defaultdict(int)
     with open(src_path, encoding="utf-8") as fin, atomic_open(corpus_path) as fout:
@@ -462,7 +461,7 @@ def mix_split_and_write(args, report, quotas, src_path, corpus_path, bench_ngram
             doc = json.loads(line)
             src, text = doc["source"], doc["text"]
             if bench_ngrams:
-                hits = {bench_ngrams[h] for h in map(hash, word_ngrams(text)) if h in bench_ngrams}
+                hits = {bench_ngrams[h] for h in map(hash, contamination.word_ngrams(text)) if h in bench_ngrams}
                 if hits:
                     report.remove("contamination", doc, len(text.encode()),
                                   "shares 13 words with " + ", ".join(sorted(hits)))
@@ -508,8 +507,7 @@ def main(argv=None):
     inputs.update({f"input:{p}": p for p in user_files})
     bench_ngrams = {}
     if args.decontaminate:
-        import benchmarks
-        bench_ngrams, skipped = benchmarks.benchmark_ngrams(args.decontaminate, args.truthfulqa_csv)
+        bench_ngrams, skipped = contamination.benchmark_ngrams(args.decontaminate, args.truthfulqa_csv)
         for what in skipped:
             print(f"warning: not decontaminated against {what}", file=sys.stderr)
     config = {"toxic_words": toxic_words, "max_toxicity": args.max_toxicity,
