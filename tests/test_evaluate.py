@@ -157,7 +157,7 @@ def gold_sequences(name, items, tok=BYTES):
     """What an oracle has memorised: each context (as evaluate.py encodes it) followed by the
     right answer; for generation, the prompt followed by a right completion and a stop."""
     eot = [tok.special("<|endoftext|>")]
-    kind, _ = benchmarks.TASKS[name]
+    kind = benchmarks.TASKS[name].kind
     if kind in ("mc", "mc2"):
         return [eot + sum(benchmarks.encode_pair(tok, it["context"], it["choices"][it.get("gold", 0)]), [])
                 for it in items]
@@ -180,7 +180,7 @@ def test_an_oracle_scores_one_and_a_know_nothing_model_scores_chance(items, name
         few = sorted(items[name], key=lambda p: len(p["canonical_solution"]))[:4]
     oracle = evaluate.score_task(name, few, Memorizer(gold_sequences(name, few)), BYTES, ARGS, "cpu")
     blank = evaluate.score_task(name, few, Memorizer(), BYTES, ARGS, "cpu")
-    primary = benchmarks.TASKS[name][1][0]
+    primary = benchmarks.TASKS[name].metrics[0]
     assert oracle[primary] == pytest.approx(1.0, abs=1e-6), oracle
     if name == "mmlu":      # one-token choices " A".." D" tie under a uniform model: exactly chance
         assert blank["acc"] == blank["chance"] == 0.25
