@@ -42,7 +42,6 @@ import hashlib
 import json
 import math
 import random
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -94,11 +93,21 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cuda, mps or cpu")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out-dir", default="out/eval", help="where results.json, report.md and scores.png go")
+    # the regression gate, a subcommand (without one, evaluate.py evaluates the --ckpt checkpoints)
+    sub = p.add_subparsers(dest="command", title="subcommands", description="none: evaluate the --ckpt checkpoints")
+    gate = sub.add_parser("compare", help="exit 1 if a candidate's scores regressed against a baseline's",
+                          description="Exit 1 if CANDIDATE is worse than BASELINE by more than --max-drop.")
+    gate.add_argument("baseline", help="results.json (or its directory) of the baseline; path#LABEL picks a checkpoint")
+    gate.add_argument("candidate", help="results.json (or its directory) of the candidate")
+    gate.add_argument("--max-drop", type=float, default=0.02,
+                      help="largest allowed drop of a score (absolute, 0.02 = 2 points) or rise of bits per byte")
     args = p.parse_args(argv)
+    if args.command == "compare":
+        return args
     args.tasks = TASK_NAMES if args.tasks == "all" else [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in args.tasks if t not in TASK_NAMES]
     if unknown:
-        raise StageError(f"unknown benchmark {', '.join(map(repr, unknown))}; choose from {', '.join(TASK_NAMES)}")
+        p.error(f"unknown benchmark {', '.join(map(repr, unknown))}; choose from {', '.join(TASK_NAMES)}")
     if len(set(args.ckpt)) != len(args.ckpt):
         p.error("--ckpt lists a checkpoint twice")
     if args.limit < 0 or args.samples < 1 or args.batch_size < 1 or args.max_new_tokens < 1:
@@ -120,10 +129,10 @@ def loglikelihoods(model, requests, batch_size, device):
     Sequences longer than the block size keep their end (left truncation, as the harness
     does): the continuation is scored on as much context as fits; a continuation longer than
     the block itself is scored on its last block_size tokens (the harness would slice past
-    the start there). Requests with the
-    same input (the four " A".." D" of an MMLU question) share one forward pass, and inputs
-    are batched longest first so a batch holds similar lengths (little padding). Padding goes
-    on the right, where the causal mask keeps it from touching the real positions.
+    the start there). Requests with the same input (the four " A".." D" of an MMLU question)
+    share one forward pass, and inputs are batched longest first so a batch holds similar
+    lengths (little padding). Padding goes on the right, where the causal mask keeps it from
+    touching the real positions.
     """
     block = model.config.block_size
     rows = {}                              # input ids -> [(request index, targets), ...]
@@ -280,7 +289,8 @@ def check_contamination(all_items, corpus):
 
 # ----------------------------------------------------------------------------- the report
 
-def fmt(x):
+def format_score(x):
+    """A score or chance level in a report cell: three decimals, "-" when there is none."""
     return "-" if x is None else f"{x:.3f}"
 
 
@@ -310,12 +320,13 @@ def write_report(out_dir, results):
             cells = []
             for c in ckpts.values():
                 s = c["scores"].get(name, {})
-                chance = s.get("chance")
-                value = s.get(m)
-                centred = benchmarks.centred(value, chance) if value is not None and chance not in (None, 1) else None
-                cells.append(fmt(value) + (f" ({centred:+.3f})" if centred is not None and m not in LOWER_IS_BETTER else ""))
+                value, chance = s.get(m), s.get("chance")
+                cell = format_score(value)
+                if value is not None and chance not in (None, 1) and m not in LOWER_IS_BETTER:
+                    cell += f" ({benchmarks.centred(value, chance):+.3f})"         # the centred score
+                cells.append(cell)
             chance = chance_of(ckpts, name)
-            lines.append(f"| {name} | {m} | {task['n']:,} of {task['n_total']:,} | {fmt(chance)} | "
+            lines.append(f"| {name} | {m} | {task['n']:,} of {task['n_total']:,} | {format_score(chance)} | "
                          + " | ".join(cells) + f" | {cont_cell} |")
     lines += [""] + [f"{name}: unavailable, {task['unavailable']}." for name, task in results["tasks"].items()
                      if "unavailable" in task]
@@ -390,14 +401,8 @@ def regressions(base, cand, base_tasks, cand_tasks, max_drop):
     return sorted(out)
 
 
-def compare(argv):
-    p = argparse.ArgumentParser(prog="evaluate.py compare",
-                                description="Exit 1 if CANDIDATE is worse than BASELINE by more than --max-drop.")
-    p.add_argument("baseline", help="results.json (or its directory) of the baseline; path#LABEL picks a checkpoint")
-    p.add_argument("candidate", help="results.json (or its directory) of the candidate")
-    p.add_argument("--max-drop", type=float, default=0.02,
-                   help="largest allowed drop of a score (absolute, 0.02 = 2 points) or rise of bits per byte")
-    args = p.parse_args(argv)
+def compare(args):
+    """`evaluate.py compare`: the shared metrics side by side; fail naming each that regressed."""
     b_label, base, b_tasks = load_results(args.baseline)
     c_label, cand, c_tasks = load_results(args.candidate)
     shared = sorted(base.keys() & cand.keys())
@@ -417,10 +422,10 @@ def compare(argv):
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["compare"]:
-        return compare(argv[1:])
     args = parse_args(argv)
+    if args.command == "compare":
+        return compare(args)
+    del args.command                   # what results.json and meta.json record: the evaluation's flags
     t0 = time.time()
     device = pick_device(args.device)
 

@@ -5,6 +5,7 @@ gate, and bad input. Benchmark data comes from the registry archives tests/fetch
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -318,14 +319,16 @@ def test_validation_text_is_the_same_under_another_tokenizer(setup):
     assert BYTES.decode(again.tolist()) == tok_data.decode(own.tolist())
 
 
-def test_bad_input(setup, tmp_path):
+def test_bad_input(setup, tmp_path, capsys):
     # as a command: one line, exit 1, nothing written
     proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--ckpt", str(tmp_path / "none"),
                            "--out-dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: no checkpoint at")
     assert not (tmp_path / "out").exists()
-    with pytest.raises(StageError, match=r"unknown benchmark 'mmlu_pro'; choose from val, mmlu"):
+    with pytest.raises(SystemExit) as exit_:                       # a flag error: argparse's usage, exit 2
         run_eval(setup, tmp_path / "o", "--tasks", "mmlu,mmlu_pro")
+    assert exit_.value.code == 2
+    assert "error: unknown benchmark 'mmlu_pro'; choose from val, mmlu" in capsys.readouterr().err
     # a checkpoint next to a tokenizer it was not trained with
     bad = tmp_path / "mixed"
     shutil.copytree(setup / "b", bad)
@@ -339,6 +342,19 @@ def test_bad_input(setup, tmp_path):
     with pytest.raises(StageError, match="lacks TruthfulQA's columns"):
         run_eval(setup, tmp_path / "o", "--tasks", "truthfulqa_mc1", "--truthfulqa-csv", tmp_path / "wrong.csv")
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_is_a_subcommand_that_help_lists(capsys):
+    """`evaluate.py --help` shows the compare subcommand; without one, the flags evaluate."""
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.parse_args(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^\s+compare\s+exit 1 if", out, re.M) and "--ckpt" in out
+    args = evaluate.parse_args(["compare", "a.json", "b.json", "--max-drop", "0.1"])
+    assert (args.command, args.baseline, args.candidate, args.max_drop) == ("compare", "a.json", "b.json", 0.1)
+    args = evaluate.parse_args(["--ckpt", "x", "y", "--limit", "5"])
+    assert (args.command, args.ckpt, args.limit) == (None, ["x", "y"], 5)
 
 
 def test_benchmark_data_that_cannot_be_fetched(tmp_path):
