@@ -22,7 +22,6 @@ Run:
 """
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -80,17 +79,6 @@ def check(device):
     return {"fp32_loss_cpu": l_cpu.item(), "fp32_loss_device": l_dev.item(), "max_grad_diff": worst}
 
 
-@contextlib.contextmanager
-def lce_backward(mode):
-    """The fused loss's backward pass ("fused" or "chunked") within the block."""
-    from kernels import triton_linear_cross_entropy
-    before, triton_linear_cross_entropy.BACKWARD = triton_linear_cross_entropy.BACKWARD, mode
-    try:
-        yield
-    finally:
-        triton_linear_cross_entropy.BACKWARD = before
-
-
 def check_kernels(device):
     """Each Triton kernel against its twin on the device, bf16 where training uses it: the
     largest difference per kernel, or the error it raised (one broken kernel must not hide
@@ -117,7 +105,7 @@ def check_kernels(device):
         t = torch.randint(0, 50304, (1000,), device=device)
         grads = []
         for fn in (triton_linear_cross_entropy.linear_cross_entropy, twins.linear_cross_entropy):
-            with lce_backward(backward):
+            with triton_linear_cross_entropy.backward_pass(backward):
                 loss = fn(h, w, t)
                 loss.backward()
             grads.append((loss.item(), h.grad.float().clone(), w.grad.float().clone()))
@@ -224,8 +212,8 @@ def time_kernels(device):
         w = (torch.randn(50304, 768, device=device, dtype=bf) * 0.02).requires_grad_()
         name = "linear_cross_entropy fwd+bwd 16384x768 @ 768x50304"
         rows = []
-        for backward in ("fused", "chunked"):
-            with lce_backward(backward):
+        for backward in triton_linear_cross_entropy.BACKWARDS:
+            with triton_linear_cross_entropy.backward_pass(backward):
                 rows.append((f"{name} (ours, {backward} backward)", "ms | peak GB",
                              *peak_and_time(lambda: triton_linear_cross_entropy.linear_cross_entropy(h, w, t)), None))
         return rows + [(f"{name} (torch)", "ms | peak GB",

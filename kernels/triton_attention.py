@@ -26,9 +26,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import dot_precision
+from kernels.precision import dot_precision
 
-LOG2E = 1.4426950408889634
+LOG2E = 1.4426950408889634  # = 1 / ln(2)
+# The head sizes the kernels are built and tested for: powers of 2 (tl.arange needs one) up
+# to 128 (the size the tiles below were chosen for). kernels.attention sends others to the twin.
+HEAD_DIMS = (32, 64, 128)
 
 
 # Autotune candidates on a GPU, each (BLOCK_M queries, BLOCK_N keys, warps, pipeline stages),
@@ -44,17 +47,16 @@ DKDV_TILES = [(32, 64, 4, 3), (64, 64, 8, 3), (32, 128, 8, 3)]
 DQ_TILES = [(64, 32, 4, 3), (64, 64, 8, 3), (128, 32, 8, 3)]
 
 
-def _configs(gpu, interpreter):
-    """The interpreter cannot benchmark, so it runs one configuration, with tiles of unequal
-    sides so that the tests cover the causal bounds of tiles that do not line up (and the
-    tests run every GPU shape through it too)."""
-    shapes = [interpreter] if os.environ.get("TRITON_INTERPRET") == "1" else gpu
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+def _configs(tiles):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
 
 
-FWD_CONFIGS = _configs(FWD_TILES, (64, 32, 4, 1))
-DKDV_CONFIGS = _configs(DKDV_TILES, (32, 64, 4, 1))
-DQ_CONFIGS = _configs(DQ_TILES, (64, 32, 4, 1))
+FWD_CONFIGS, DKDV_CONFIGS, DQ_CONFIGS = _configs(FWD_TILES), _configs(DKDV_TILES), _configs(DQ_TILES)
+if os.environ.get("TRITON_INTERPRET") == "1":               # no benchmarking: one configuration
+    # each, with tiles of unequal sides so that the tests cover the causal bounds of tiles that
+    # do not line up (and the tests run every GPU shape through it too)
+    FWD_CONFIGS, DKDV_CONFIGS, DQ_CONFIGS = (_configs([(64, 32, 4, 1)]), _configs([(32, 64, 4, 1)]),
+                                             _configs([(64, 32, 4, 1)]))
 
 
 @triton.autotune(configs=FWD_CONFIGS, key=["D", "CAUSAL"])
@@ -187,8 +189,8 @@ class AttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, causal):
         B, H, T, D = q.shape
         Hkv = k.shape[1]
-        if D not in (32, 64, 128) or H % Hkv:
-            raise ValueError(f"head_dim {D} must be 32, 64 or 128 and {H} heads a multiple of {Hkv}")
+        if D not in HEAD_DIMS or H % Hkv:
+            raise ValueError(f"head_dim {D} must be one of {HEAD_DIMS} and {H} heads a multiple of {Hkv}")
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o = torch.empty_like(q)
         lse = torch.empty(B * H, T, device=q.device, dtype=torch.float32)

@@ -26,13 +26,14 @@ into fp32 buffers: on a GPU the order of the additions, and so the last bits of 
 vary from run to run (the same trade as torch's index_add on CUDA).
 """
 
+import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels import dot_precision
+from kernels.precision import dot_precision
 from kernels.triton_cross_entropy import logits_grad, row_losses
 
 # Tile sizes, autotuned on a GPU by N, V and C: larger tiles mean fewer atomic additions in
@@ -47,7 +48,7 @@ CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_V": 64, "BLOCK_K": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_V": 256, "BLOCK_K": 32}, num_warps=8, num_stages=2),
 ]
-if os.environ.get("TRITON_INTERPRET") == "1":
+if os.environ.get("TRITON_INTERPRET") == "1":               # no benchmarking: one configuration
     CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_V": 32, "BLOCK_K": 16})]
 
 
@@ -119,13 +120,30 @@ def _lce_bwd(H, W, TARGETS, LSE, DH, DW, SCALE, N, V, C, stride_h, stride_w, ign
                       mask=col_mask[:, None] & k_mask[None, :])
 
 
-# How the backward pass gets dh and dW. "fused": as above, the logits never exist, at the price
-# of atomic adds. "chunked" (as Liger-Kernel does it): a few thousand rows at a time, that
-# chunk's logits by cuBLAS, turned in place into d loss / d logits by the chunked
-# cross-entropy's kernels, then dh and dW by cuBLAS: no atomics, one chunk of logits in memory
-# (CHUNK_LOGITS of them, 256 MB in bf16). Which is faster on a GPU is for bench/gpu.py to say.
+# How the backward pass gets dh and dW, undecided until a GPU run says which is faster: this
+# global is the one place the choice lives (switch it with `backward_pass`; bench/gpu.py
+# checks and times both, the tests check both). Once a GPU run has decided, keep the winner
+# and delete the other. "fused": as above, the logits never exist, at the price of atomic
+# adds. "chunked" (as Liger-Kernel does it): a few thousand rows at a time, that chunk's
+# logits by cuBLAS, turned in place into d loss / d logits by the chunked cross-entropy's
+# kernels, then dh and dW by cuBLAS: no atomics, one chunk of logits in memory (CHUNK_LOGITS
+# of them, 256 MB in bf16).
+BACKWARDS = ("fused", "chunked")
 BACKWARD = "fused"
 CHUNK_LOGITS = 1 << 27
+
+
+@contextlib.contextmanager
+def backward_pass(mode):
+    """Within the block, the backward pass is `mode` ("fused" or "chunked"); then as before."""
+    global BACKWARD
+    if mode not in BACKWARDS:
+        raise ValueError(f"backward pass {mode!r}: choose one of {BACKWARDS}")
+    before, BACKWARD = BACKWARD, mode
+    try:
+        yield
+    finally:
+        BACKWARD = before
 
 
 def _chunked_backward(h, weight, targets, scale, ignore_index):

@@ -8,7 +8,7 @@ right, so a wave of programs touches GROUP_M rows of A and a few columns of B in
 row of A and every column of B.
 
 On a GPU a few configurations are autotuned; the CPU interpreter cannot benchmark, so it runs
-the first configuration only (the interpreter's known gap, handled rather than hidden).
+one small configuration (the interpreter's known gap, handled rather than hidden).
 """
 
 import os
@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import dot_precision
+from kernels.precision import dot_precision
 
 CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=3, num_warps=8),
@@ -25,7 +25,7 @@ CONFIGS = [
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "GROUP_M": 8}, num_stages=4, num_warps=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_stages=4, num_warps=4),
 ]
-if os.environ.get("TRITON_INTERPRET") == "1":
+if os.environ.get("TRITON_INTERPRET") == "1":               # no benchmarking: one configuration
     CONFIGS = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4})]
 
 

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK = 1024
+ELEMENTS_PER_PROGRAM = 1024          # the kernels' BLOCK: each program's slice of the flat tensors
 
 
 @triton.jit
@@ -43,7 +43,8 @@ class SwiGLUFunction(torch.autograd.Function):
         a, b = a.contiguous(), b.contiguous()
         out = torch.empty_like(a)
         n = a.numel()
-        _swiglu_fwd[(triton.cdiv(n, BLOCK),)](a, b, out, n, BLOCK=BLOCK)
+        grid = (triton.cdiv(n, ELEMENTS_PER_PROGRAM),)
+        _swiglu_fwd[grid](a, b, out, n, BLOCK=ELEMENTS_PER_PROGRAM)
         ctx.save_for_backward(a, b)
         return out
 
@@ -52,7 +53,8 @@ class SwiGLUFunction(torch.autograd.Function):
         a, b = ctx.saved_tensors
         da, db = torch.empty_like(a), torch.empty_like(b)
         n = a.numel()
-        _swiglu_bwd[(triton.cdiv(n, BLOCK),)](a, b, dout.contiguous(), da, db, n, BLOCK=BLOCK)
+        grid = (triton.cdiv(n, ELEMENTS_PER_PROGRAM),)
+        _swiglu_bwd[grid](a, b, dout.contiguous(), da, db, n, BLOCK=ELEMENTS_PER_PROGRAM)
         return da, db
 
 

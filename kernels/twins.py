@@ -35,6 +35,3 @@ def attention(q, k, v, causal=True):
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
-
-def matmul(a, b):
-    return a @ b

@@ -14,8 +14,16 @@ import torch
 import kernels
 from kernels import (triton_attention, triton_cross_entropy, triton_linear_cross_entropy, triton_matmul,
                      triton_rmsnorm, triton_swiglu, twins)
+from kernels.precision import dot_precision
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2)}
+
+
+@pytest.fixture
+def kernel_backend():
+    """kernels.set_backend for one test; the default, "auto", is restored after it."""
+    yield kernels.set_backend
+    kernels.set_backend("auto")
 
 
 def grads(fn, *inputs, seed=0):
@@ -70,29 +78,26 @@ def test_linear_cross_entropy_never_stores_the_logits_and_equals_the_twin(monkey
     V = 301 (a ragged vocabulary tile), C = 40 (a ragged hidden tile), ignored rows; the loss
     and the gradients of both h and the weight, from either backward pass (the chunked one in
     chunks of 10 rows, the last one ragged)."""
-    monkeypatch.setattr(triton_linear_cross_entropy, "BACKWARD", backward)
     monkeypatch.setattr(triton_linear_cross_entropy, "CHUNK_LOGITS", 10 * 301)
     torch.manual_seed(0)
     h, w = torch.randn(37, 40).to(dtype), (0.5 * torch.randn(301, 40)).to(dtype)
     targets = torch.randint(0, 301, (37,))
     targets[::5] = -100
-    ours = grads(lambda a, b: triton_linear_cross_entropy.linear_cross_entropy(a, b, targets, -100), h, w)
+    with triton_linear_cross_entropy.backward_pass(backward):
+        ours = grads(lambda a, b: triton_linear_cross_entropy.linear_cross_entropy(a, b, targets, -100), h, w)
     ref = grads(lambda a, b: twins.linear_cross_entropy(a, b, targets, -100), h, w)
     assert_same(ours, ref, dtype)
     assert [g.dtype for g in ours[1]] == [dtype, dtype]
 
 
-def test_backend_dispatch():
+def test_backend_dispatch(kernel_backend):
     x = torch.randn(4, 8)
-    kernels.set_backend("torch")
+    kernel_backend("torch")
     assert torch.equal(kernels.rms_norm(x, torch.ones(8), 1e-5), twins.rms_norm(x, torch.ones(8), 1e-5))
-    kernels.set_backend("triton")                     # allowed here: the interpreter is on
-    try:
-        assert torch.allclose(kernels.swiglu(x, x), twins.swiglu(x, x), atol=1e-6)
-    finally:
-        kernels.set_backend("auto")
+    kernel_backend("triton")                          # allowed here: the interpreter is on
+    assert torch.allclose(kernels.swiglu(x, x), twins.swiglu(x, x), atol=1e-6)
     with pytest.raises(ValueError):
-        kernels.set_backend("cuda")
+        kernel_backend("cuda")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -149,9 +154,9 @@ def test_fp32_products_follow_torchs_matmul_precision():
     before = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("highest")
-        assert (kernels.dot_precision(x), kernels.dot_precision(h)) == ("tf32x3", "tf32")
+        assert (dot_precision(x), dot_precision(h)) == ("tf32x3", "tf32")
         torch.set_float32_matmul_precision("high")
-        assert kernels.dot_precision(x) == "tf32"
+        assert dot_precision(x) == "tf32"
     finally:
         torch.set_float32_matmul_precision(before)
 
