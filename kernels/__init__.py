@@ -1,7 +1,8 @@
 """Triton kernels for the GPU hot path (kernels/triton_*.py), each with a plain PyTorch twin
 of the same meaning and signature (kernels/twins.py).
 
-    attention(q, k, v, causal)                FlashAttention-2 style, forward and backward
+    attention(q, k, v, causal, mask)          FlashAttention-2 style, forward and backward;
+                                              a mask (generation) runs the twin
     rms_norm(x, weight, eps)                  fused RMSNorm, forward and backward
     swiglu(a, b)                              fused silu(a) * b, forward and backward
     cross_entropy(logits, targets, ignore)    chunked over the vocabulary, no fp32 copy
@@ -82,7 +83,12 @@ def linear_cross_entropy(h, weight, targets, ignore_index=-100):
     return twins.linear_cross_entropy(h, weight, targets, ignore_index)
 
 
-def attention(q, k, v, causal=True):
-    if _use_triton(q) and q.shape[-1] in _triton().attention.HEAD_DIMS:
+def attention(q, k, v, causal=True, mask=None):
+    """Softmax attention on (B, n_head, T, head_dim), k and v with n_head or fewer (grouped)
+    heads. mask: None, or a boolean mask broadcastable to (B, n_head, Tq, Tk), True where a
+    query may attend (generation: padding and the KV cache); it replaces `causal`, so it must
+    hold the causality itself. Masked attention always runs the twin (the Triton kernel
+    knows only the causal mask), and so does a head size the kernel was not built for."""
+    if mask is None and _use_triton(q) and q.shape[-1] in _triton().attention.HEAD_DIMS:
         return _triton().attention.attention(q, k, v, causal)
-    return twins.attention(q, k, v, causal)
+    return twins.attention(q, k, v, causal, mask)

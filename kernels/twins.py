@@ -28,10 +28,16 @@ def linear_cross_entropy(h, weight, targets, ignore_index=-100):
     return cross_entropy(F.linear(h, weight), targets, ignore_index)
 
 
-def attention(q, k, v, causal=True):
-    """Softmax attention on (B, n_head, T, head_dim); k, v may have fewer (grouped) heads."""
-    if k.shape[1] != q.shape[1]:
+def attention(q, k, v, causal=True, mask=None):
+    """Softmax attention on (B, n_head, T, head_dim); k, v may have fewer (grouped) heads.
+
+    mask: None, or a boolean mask broadcastable to (B, n_head, Tq, Tk), True where a query
+    may attend; given, it replaces `causal` (which is then ignored), so it must hold the
+    causality itself. That is what generation needs: with a KV cache Tq < Tk, and padded
+    prompts hide their padding, which `is_causal` (a top-left-aligned triangle) cannot say."""
+    if k.shape[1] != q.shape[1]:                   # each kv head serves a group of query heads
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-

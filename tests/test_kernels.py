@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import kernels
 from kernels import (triton_attention, triton_cross_entropy, triton_linear_cross_entropy, triton_matmul,
@@ -112,6 +113,32 @@ def test_attention(dtype, causal, T, D, n_kv_head):
     ours = grads(lambda a, b, c: triton_attention.attention(a, b, c, causal), q, k, v)
     ref = grads(lambda a, b, c: twins.attention(a.float(), b.float(), c.float(), causal).to(dtype), q, k, v)
     assert_same(ours, ref, dtype)
+
+
+def test_attention_with_the_causal_mask_equals_the_causal_kernel(kernel_backend):
+    """A mask runs the twin, whatever the backend, and replaces `causal`: the causal mask
+    itself gives what the Triton kernel's causal path gives (grouped heads, ragged T)."""
+    kernel_backend("triton")                          # the causal path: the Triton kernel
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 37, 32), torch.randn(2, 2, 37, 32), torch.randn(2, 2, 37, 32)
+    causal_mask = torch.ones(37, 37, dtype=torch.bool).tril()          # True = may attend
+    fused = kernels.attention(q, k, v, causal=True)
+    for causal in (True, False):                      # ignored once there is a mask
+        assert torch.allclose(kernels.attention(q, k, v, causal=causal, mask=causal_mask), fused,
+                              **TOL[torch.float32])
+
+
+def test_masked_attention_with_grouped_heads_equals_repeat_interleave(kernel_backend):
+    """Generation's case: 3 new queries against 7 cached keys, the first prompt left-padded by
+    two; 4 query heads share 2 kv heads. The reference expands the kv heads by hand."""
+    kernel_backend("triton")                          # the mask must still reach the twin
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 3, 32), torch.randn(2, 2, 7, 32), torch.randn(2, 2, 7, 32)
+    mask = (torch.arange(7)[None, :] <= torch.arange(4, 7)[:, None]).repeat(2, 1, 1, 1)  # (B, 1, Tq, Tk)
+    mask[0, :, :, :2] = False
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1),
+                                         attn_mask=mask)
+    assert torch.allclose(kernels.attention(q, k, v, mask=mask), ref, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
