@@ -43,7 +43,6 @@ import json
 import math
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,8 @@ from tqdm import tqdm
 import benchmarks
 from common import StageError, atomic_open, hash_inputs, pick_device, run_main, save_figure, write_json, write_meta
 from data.contamination import contamination
-from model import bits_per_byte, load_checkpoint
+from model import bits_per_byte, load_checkpoint, next_token_loss
+from training import autocast
 from tokenizer import load_token_dir
 
 FORMAT, VERSION = "llmpipe-eval", 1
@@ -117,11 +117,6 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------- the model's side
 
-def autocast(device):
-    """bf16 on CUDA, full precision elsewhere (as training does)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
-
-
 @torch.no_grad()
 def loglikelihoods(model, requests, batch_size, device):
     """sum_i log P(cont_i | ctx, cont_<i) for each (ctx_ids, cont_ids) request.
@@ -149,7 +144,7 @@ def loglikelihoods(model, requests, batch_size, device):
         for r, inp in enumerate(chunk):
             x[r, :len(inp)] = torch.tensor(inp)
         with autocast(device):
-            logits, _ = model(x.to(device))                        # (B, T, V)
+            logits = model(x.to(device))                           # (B, T, V)
         for r, inp in enumerate(chunk):
             for i, targets in rows[inp]:
                 n = len(targets)
@@ -212,7 +207,8 @@ def validation_bpb(model, tokenizer, val, batch_size, device):
         batch = torch.from_numpy(val[w]).to(device)
         x, y = batch[:, :-1], batch[:, 1:]
         with autocast(device):
-            logits, loss = model(x, y)
+            logits = model(x)
+            loss = next_token_loss(logits, y)
         n, b = bits_per_byte(logits, y, byte_lengths)
         nats, n_bytes = nats + n, n_bytes + b
         loss_sum, n_tokens = loss_sum + loss.item() * y.numel(), n_tokens + y.numel()
@@ -432,7 +428,7 @@ def main(argv=None):
     # 1. the checkpoints, loaded (and checked) before any benchmark work
     models = {}
     for path in args.ckpt:
-        model, tokenizer, meta = load_checkpoint(path, device)
+        model, tokenizer, meta = load_checkpoint(path, device=device)
         models[path] = (model.eval(), tokenizer, meta)
 
     # 2. the benchmarks' items: all of them for the contamination check, a seeded sample to score

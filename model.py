@@ -16,10 +16,17 @@
   residual stream (attention output, MLP w2), which get 0.02 / sqrt(2 n_layer): each block
   adds two terms to the residual, so its variance stays ~1 whatever the depth (GPT-2).
 
-`forward(idx, targets)` returns (logits, loss) with the loss ignoring targets of -100 (SFT
-masks prompts that way); `forward(idx, return_hidden=True)` returns the final hidden states
-for a scalar head (reward model, PPO's value head). `generate` samples with a KV cache.
-`save_checkpoint` / `load_checkpoint` are the one checkpoint format of every stage.
+One entry point per job:
+    hidden(idx)             the final hidden states (B, T, C): the trunk, for scalar heads
+    forward(idx)            the logits (B, T, V): scoring, evaluation
+    forward(idx, targets)   the mean loss, through the fused LM head + loss (on a GPU the
+                            (B*T, V) logits are never stored): what a training step calls, so
+                            that DDP, FSDP and torch.compile, which wrap `forward`, see it
+    scores(idx)             a scalar per position from the scalar head (reward, value models)
+    generate(prompts, ...)  sampling with a KV cache
+Targets of IGNORE_INDEX (-100) carry no loss (SFT masks prompts that way); next_token_loss
+gives the same loss from logits where both are wanted. `save_checkpoint` / `load_checkpoint`
+are the one checkpoint format of every stage (model.pt, tokenizer.json, meta.json with a kind).
 
 References: Vaswani et al. 2017; Radford et al. 2019 (GPT-2); Touvron et al. 2023 (LLaMA's
 RMSNorm + RoPE + SwiGLU recipe); nanoGPT.
@@ -35,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-from common import StageError, atomic_open
+from common import StageError, atomic_open, require, sha256_file, write_meta
 from tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
@@ -112,7 +119,6 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.n_embd, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.n_embd, bias=False)
-        self.wo.residual = True
 
     def forward(self, x, cos, sin, cache=None, mask=None):
         B, T, C = x.shape
@@ -122,13 +128,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:                            # generation: append, attend to all
             k, v = cache.update(k, v)
-        if mask is None:                                 # training, scoring: causal, fused on CUDA
-            y = kernels.attention(q, k, v, causal=True)
-        else:                                            # generation: padding and cache mask
-            if self.n_kv_head != self.n_head:            # each kv head serves a group of queries
-                k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-                v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # training and scoring: causal (fused on CUDA); generation: its padding + cache mask
+        y = kernels.attention(q, k, v, causal=True, mask=mask)                    # (B, H, T, D)
         return self.wo(y.transpose(1, 2).reshape(B, T, C))                        # (B, T, C)
 
 
@@ -138,7 +139,6 @@ class MLP(nn.Module):
         self.w1 = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=False)
         self.w3 = nn.Linear(cfg.n_embd, cfg.mlp_hidden, bias=False)
         self.w2 = nn.Linear(cfg.mlp_hidden, cfg.n_embd, bias=False)
-        self.w2.residual = True
 
     def forward(self, x):
         return self.w2(kernels.swiglu(self.w1(x), self.w3(x)))
@@ -173,8 +173,26 @@ class KVCache:
         return self.k[:, :, :self.len], self.v[:, :, :self.len]
 
 
+class ScalarHead(nn.Module):
+    """A score per position from the final hidden state h (B, T, C), for a reward model or a
+    value function: gain * (w . h + b) + shift. gain and shift are not learned by gradient:
+    the reward stage sets them so that its scores have mean 0 and standard deviation 1 on its
+    data (InstructGPT normalises its reward model the same way); they are 1 and 0 until then.
+    w starts at N(0, 1/sqrt(C + 1)), b at 0, as in OpenAI's lm-human-preferences."""
+
+    def __init__(self, n_embd):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_embd) / math.sqrt(n_embd + 1))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.register_buffer("gain", torch.ones(()))
+        self.register_buffer("shift", torch.zeros(()))
+
+    def forward(self, h):
+        return self.gain * (h.float() @ self.weight.float() + self.bias) + self.shift      # (B, T)
+
+
 class GPT(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, scalar_head=False):
         super().__init__()
         self.config = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
@@ -186,28 +204,29 @@ class GPT(nn.Module):
         cos, sin = rope_tables(cfg.head_dim, cfg.block_size, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init_weights)
+        self._init_weights()
+        # after the trunk's initialisation, so a base model draws the same numbers with or without it
+        self.head = ScalarHead(cfg.n_embd) if scalar_head else None
 
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            std = 0.02
-            if getattr(module, "residual", False):
-                std = 0.02 / math.sqrt(2 * self.config.n_layer)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+    def _init_weights(self):
+        """N(0, 0.02) for every linear and embedding weight, in module order (the tied LM head
+        last: its draw is the embedding's), except the two projections that write into the
+        residual stream, attention's wo and the MLP's w2: 0.02 / sqrt(2 n_layer)."""
+        residual = {m for block in self.blocks for m in (block.attn.wo, block.mlp.w2)}
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                std = 0.02 / math.sqrt(2 * self.config.n_layer) if module in residual else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def num_params(self):
         """Parameters, the tied embedding/LM head counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None, return_hidden=False, caches=None, mask=None, start=0,
-                return_logits=True):
-        """idx (B, T) -> (logits (B, T, V), loss or None), or the hidden states (B, T, C).
+    def hidden(self, idx, caches=None, mask=None, start=0):
+        """idx (B, T) -> the final hidden states (B, T, C), after the last norm.
 
-        targets (B, T) with IGNORE_INDEX where no loss is wanted; the loss is the mean
-        cross-entropy over the other positions. return_logits=False (a training step, which
-        needs only the loss) returns (None, loss) from the fused LM head + loss, which on a
-        GPU never stores the (B*T, V) logits. caches/mask/start are for `generate`.
-        """
+        caches, mask and start are generation's: one KV cache per layer, the attention mask
+        (padding), and the position of idx's first token (rotary angles start there)."""
         B, T = idx.shape
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
@@ -215,18 +234,23 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)                                                     # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, caches[i] if caches else None, mask)
-        x = self.norm(x)
-        if return_hidden:
-            return x
-        if targets is not None and not return_logits:
-            loss = kernels.linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1),
-                                                IGNORE_INDEX)
-            return None, loss
-        logits = self.lm_head(x)                                                  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = kernels.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), IGNORE_INDEX)
-        return logits, loss
+        return self.norm(x)
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) -> logits (B, T, V); with targets (B, T), the mean cross-entropy over the
+        positions whose target is not IGNORE_INDEX, by the fused LM head + loss instead."""
+        x = self.hidden(idx)
+        if targets is None:
+            return self.lm_head(x)                                                # (B, T, V)
+        B, T, C = x.shape
+        return kernels.linear_cross_entropy(x.view(B * T, C), self.lm_head.weight, targets.reshape(-1),
+                                            IGNORE_INDEX)
+
+    def scores(self, idx):
+        """idx (B, T) -> the scalar head's score at every position (B, T), in fp32."""
+        if self.head is None:
+            raise ValueError("this model has no scalar head: build it with GPT(cfg, scalar_head=True)")
+        return self.head(self.hidden(idx))
 
     # ------------------------------------------------------------------------- generation
     @torch.no_grad()
@@ -246,12 +270,11 @@ class GPT(nn.Module):
             raise ValueError(f"prompt ({P}) + max_new_tokens ({max_new_tokens}) exceeds block_size {cfg.block_size}")
         idx = torch.zeros(B, P, dtype=torch.long, device=device)
         real = torch.zeros(B, P + max_new_tokens, dtype=torch.bool, device=device)  # non-pad keys
+        real[:, P:] = True
         for b, p in enumerate(prompts):
             if not p:
                 raise ValueError("every prompt needs at least one token")
             idx[b, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        real[:, P:] = True
-        for b, p in enumerate(prompts):
             real[b, P - len(p):P] = True
         dtype = self.tok_emb.weight.dtype
         caches = [KVCache(B, cfg.n_kv_head, P + max_new_tokens, cfg.head_dim, device, dtype)
@@ -266,7 +289,7 @@ class GPT(nn.Module):
             q_pos = torch.arange(pos, pos + T, device=device)[:, None]
             k_pos = torch.arange(pos + T, device=device)[None, :]
             mask = (k_pos <= q_pos)[None, None] & (real[:, None, None, :pos + T] | (k_pos == q_pos))
-            logits, _ = self(x, caches=caches, mask=mask, start=pos)
+            logits = self.lm_head(self.hidden(x, caches, mask, start=pos))        # (B, T, V)
             pos += T
             nxt = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)  # (B,)
             for b in range(B):
@@ -300,11 +323,20 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
 
 # ----------------------------------------------------------------------------- measures
 
+FLOPS_FORMULA = "6 N + 12 n_layer n_embd block_size (N: parameters, the tied embedding counted once)"
+
+
 def flops_per_token(cfg, n_params):
     """Training FLOPs per token: 6N for the weight matmuls (N includes the LM head: with tied
     embeddings it is the embedding matrix, counted once) plus attention's scores and
     weighted sum, 12 * n_layer * n_embd * T (forward 4 L C T, backward twice that)."""
     return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+
+def next_token_loss(logits, targets):
+    """Mean cross-entropy of logits (B, T, V) against targets (B, T) over the positions whose
+    target is not IGNORE_INDEX: forward(idx, targets)'s loss, from logits already computed."""
+    return kernels.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), IGNORE_INDEX)
 
 
 def bits_per_byte(logits, targets, byte_lengths):
@@ -322,41 +354,95 @@ def bits_per_byte(logits, targets, byte_lengths):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(out_dir, model, tokenizer_path):
-    """Write model.pt (plain state_dict + config dict) and a copy of the tokenizer, each
-    atomically; the stage then writes meta.json (common.write_meta). `model` must be the
-    unwrapped module (not DDP, not compiled)."""
+FORMAT, VERSION = "checkpoint", 1
+# What a checkpoint directory holds (meta.json's "kind"), and the stage that writes it.
+KINDS = {"base": "train.py", "chat": "sft.py", "reward": "reward.py", "value": "ppo.py",
+         "student": "the distillation stage", "quantized": "quantize.py"}
+HEAD_KINDS = ("reward", "value")          # kinds whose model carries a scalar head
+
+
+def save_checkpoint(out_dir, state, config, tokenizer, *, kind, script, args, metrics, inputs,
+                    accounting=None, parent=None):
+    """Write a checkpoint directory, each file atomically: model.pt (the plain state_dict,
+    scalar head included, and the config as a dict), tokenizer.json, and meta.json last (its
+    presence says the directory is complete).
+
+    `state` is the unwrapped model's state_dict (never a DDP or compiled wrapper's; under FSDP
+    the one training.full_state_dict gathers). `parent`: the checkpoint directory this one was
+    fine-tuned from, recorded by the hash of its model.pt."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r}: choose one of {sorted(KINDS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    config = asdict(config)
     with atomic_open(out_dir / "model.pt", "wb") as f:
-        torch.save({"model": state, "config": asdict(model.config)}, f)
-    if Path(tokenizer_path).resolve() != (out_dir / "tokenizer.json").resolve():
-        with atomic_open(out_dir / "tokenizer.json", "wb") as f:
-            f.write(Path(tokenizer_path).read_bytes())
+        torch.save({"model": {k: v.detach().cpu() for k, v in state.items()}, "config": config}, f)
+    tokenizer.save(out_dir / "tokenizer.json")
+    extra = {}
+    if parent is not None:
+        extra["parent"] = {"path": str(parent), "sha256": sha256_file(Path(parent) / "model.pt")}
+    write_meta(out_dir, FORMAT, VERSION, script, args, metrics, inputs=inputs, config=config, kind=kind,
+               tokenizer={"sha256": tokenizer.sha256(), "vocab_size": tokenizer.vocab_size,
+                          "special_tokens": tokenizer.special_tokens},
+               accounting=accounting, **extra)
 
 
-def load_checkpoint(ckpt_dir, device="cpu"):
-    """(model, tokenizer, meta) of any stage's checkpoint directory, checked for consistency."""
+def read_meta(ckpt_dir, kind=None):
+    """meta.json of a checkpoint directory, checked: the format and version this code reads,
+    and (if `kind` is given: one kind or a tuple of them) a kind it accepts. Every refusal
+    names the stage to run."""
     ckpt_dir = Path(ckpt_dir)
-    path = ckpt_dir / "model.pt"
-    if not path.exists():
-        raise StageError(f"no checkpoint at {path}; run train.py (or the stage that makes it) first")
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind or ())
+    producer = " or ".join(dict.fromkeys(KINDS[k] for k in kinds)) if kinds else "train.py (or the stage that makes it)"
+    path = require(ckpt_dir / "meta.json", producer)
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise StageError(f"{path} is not readable JSON; run {producer} again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise StageError(f"{ckpt_dir} is not a checkpoint directory (meta.json's format is "
+                         f"{meta.get('format') if isinstance(meta, dict) else None!r}); give a directory {producer} wrote")
+    if meta.get("version") != VERSION:
+        raise StageError(f"{ckpt_dir} is checkpoint version {meta.get('version')}, this code reads "
+                         f"version {VERSION}; run {producer} again")
+    meta.setdefault("kind", "base")        # version 1 wrote no kind before there was more than one
+    if kinds and meta["kind"] not in kinds:
+        raise StageError(f"{ckpt_dir} holds a {meta['kind']} model, this stage needs {' or '.join(kinds)}: "
+                         f"give the directory {producer} wrote")
+    return meta
+
+
+def load_checkpoint(ckpt_dir, kind=None, device="cpu"):
+    """(model, tokenizer, meta) of any stage's checkpoint directory, checked for consistency:
+    meta.json (format, version, kind: see read_meta), model.pt, and a tokenizer that is the
+    one the model was trained with. A reward or value checkpoint comes back with its scalar
+    head (model.scores)."""
+    ckpt_dir = Path(ckpt_dir)
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind or ())
+    producer = " or ".join(dict.fromkeys(KINDS[k] for k in kinds)) if kinds else "train.py (or the stage that makes it)"
+    path = require(ckpt_dir / "model.pt", producer, what="checkpoint")
+    meta = read_meta(ckpt_dir, kind)
+    if meta["kind"] == "quantized":
+        raise StageError(f"{ckpt_dir} holds a quantized model, which this loader cannot read yet")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         cfg = GPTConfig(**{f.name: ckpt["config"][f.name] for f in fields(GPTConfig)})
+        state = ckpt["model"]
     except Exception as e:        # a truncated or foreign file: torch raises many kinds
         raise StageError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); "
                          f"it may be truncated, train again") from None
+    has_head = "head.weight" in state
+    if meta["kind"] in HEAD_KINDS and not has_head:
+        raise StageError(f"{path} is a {meta['kind']} checkpoint without its scalar head (head.weight); "
+                         f"run {KINDS[meta['kind']]} again")
     tokenizer = Tokenizer.load(ckpt_dir / "tokenizer.json")
     if tokenizer.vocab_size != cfg.vocab_size:
         raise StageError(f"{ckpt_dir}: tokenizer has {tokenizer.vocab_size} ids, the model "
                          f"{cfg.vocab_size}; they do not belong together")
-    meta = json.loads((ckpt_dir / "meta.json").read_text()) if (ckpt_dir / "meta.json").exists() else {}
     expected = meta.get("tokenizer", {}).get("sha256")
     if expected and tokenizer.sha256() != expected:
         raise StageError(f"{ckpt_dir}/tokenizer.json is not the tokenizer this model was trained with "
                          f"(sha256 differs from meta.json); they do not belong together")
-    model = GPT(cfg).to(device)
-    model.load_state_dict(ckpt["model"])
+    model = GPT(cfg, scalar_head=has_head).to(device)
+    model.load_state_dict(state)
     return model, tokenizer, meta

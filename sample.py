@@ -33,7 +33,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    model, tok, _ = load_checkpoint(args.ckpt, args.device)
+    model, tok, _ = load_checkpoint(args.ckpt, device=args.device)
     model.eval()
     eot, end = tok.special("<|endoftext|>"), tok.special("<|end|>")
     if args.chat:

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import train  # noqa: E402
+import training  # noqa: E402
 from bench.train import step_time  # noqa: E402
 from model import GPT, PRESETS, GPTConfig, flops_per_token  # noqa: E402
 
@@ -47,30 +47,30 @@ def check(device):
     dev.load_state_dict(cpu.state_dict())
     x = torch.randint(0, 512, (4, 128))
     y = torch.roll(x, -1, 1)
-    _, l_cpu = cpu(x, y)
+    l_cpu = cpu(x, y)
     l_cpu.backward()
-    _, l_dev = dev(x.to(device), y.to(device))
+    l_dev = dev(x.to(device), y.to(device))
     l_dev.backward()
     assert abs(l_cpu.item() - l_dev.item()) < 1e-4, f"fp32 loss differs: {l_cpu.item()} vs {l_dev.item()}"
     worst = max((a.grad - b.grad.cpu()).abs().max().item() for a, b in zip(cpu.parameters(), dev.parameters()))
     assert worst < 1e-4, f"fp32 gradients differ by {worst}"
     if str(device).startswith("cuda"):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            _, l_bf = dev(x.to(device), y.to(device))
+            l_bf = dev(x.to(device), y.to(device))
         assert abs(l_bf.item() - l_dev.item()) < 0.05, f"bf16 loss {l_bf.item()} far from fp32 {l_dev.item()}"
     dev.eval()
     out = dev.generate([[1, 2, 3], [4]], 16, temperature=0)
     for prompt, new in zip([[1, 2, 3], [4]], out):
         seq = list(prompt)
         for _ in range(16):
-            logits, _ = dev(torch.tensor([seq], device=device))
+            logits = dev(torch.tensor([seq], device=device))
             seq.append(int(logits[0, -1].argmax()))
         assert seq[len(prompt):] == new, "KV-cache generation differs from the full forward"
     dev.train()
-    opt = train.AdamW(train.param_groups(dev, 0.0), lr=3e-3)
+    opt = training.AdamW(training.param_groups(dev, 0.0), lr=3e-3)
     first = None
     for _ in range(20):
-        _, loss = dev(x.to(device), y.to(device))
+        loss = dev(x.to(device), y.to(device))
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -262,7 +262,7 @@ def time_training(device, preset, micro_batch, steps, compile_model, dtype, back
     finally:
         kernels.set_backend("auto")
     tokens = micro_batch * cfg.block_size
-    peak = train.peak_flops(device, dtype)
+    peak = training.peak_flops(device, dtype)
     achieved = tokens / dt * flops_per_token(cfg, n)
     return {"preset": preset, "params": n, "dtype": dtype, "compiled": compile_model, "kernels": backend,
             "tokens_per_step": tokens, "step_s": dt, "tokens_per_s": tokens / dt,

@@ -16,7 +16,6 @@ import argparse
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -24,18 +23,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import train  # noqa: E402
+import training  # noqa: E402
 from model import GPT, PRESETS, GPTConfig, flops_per_token  # noqa: E402
 
 
 def step_time(cfg, micro_batch, dtype, steps, device="cpu", compile_model=False, warmup=1):
-    """Median seconds of one optimizer step (forward, backward, clip, AdamW) on random tokens,
-    after `warmup` untimed steps (where torch.compile compiles). Also used by bench/gpu.py."""
+    """Median seconds of one optimizer step on random tokens, after `warmup` untimed steps
+    (where torch.compile compiles). The step is train.py's own, train.train_step (forward,
+    backward, clip, AdamW), so this times what training runs. Also used by bench/gpu.py."""
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
-    opt = train.AdamW(train.param_groups(model, 0.1), lr=1e-3)
-    run = torch.compile(model) if compile_model else model
+    rt = training.Runtime(str(device))
+    run = training.wrap(model, rt, compile=compile_model)
+    opt = training.AdamW(training.param_groups(model, 0.1), lr=1e-3)
+    ctx = training.autocast(device, dtype)
     is_cuda = torch.device(device).type == "cuda"
-    ctx = torch.autocast("cuda" if is_cuda else "cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
     x = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size), device=device)
     y = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.block_size), device=device)
     times = []
@@ -43,12 +45,7 @@ def step_time(cfg, micro_batch, dtype, steps, device="cpu", compile_model=False,
         if is_cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with ctx:
-            _, loss = run(x, y, return_logits=False)          # as train.py's step: the fused LM head + loss
-        loss.backward()
-        train.clip_grad_norm(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
+        train.train_step(run, opt, [(x, y)], ctx, 1.0, rt)
         if is_cuda:
             torch.cuda.synchronize()
         if i >= warmup:
@@ -65,7 +62,7 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     args = p.parse_args()
 
-    peaks = {d: train.matmul_flops(d, n=2048, reps=5) for d in args.dtypes}
+    peaks = {d: training.matmul_flops(d, n=2048, reps=5) for d in args.dtypes}
     print(f"\nTraining step on the CPU ({torch.get_num_threads()} threads), median of {args.steps} steps; "
           f"peak = a 2048^3 matmul in the same precision, measured now\n")
     print("| preset | params | dtype | tokens/step | step s | tokens/s | model GFLOP/s | matmul peak GFLOP/s | MFU |")

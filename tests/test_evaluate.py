@@ -129,7 +129,7 @@ class Memorizer(torch.nn.Module):
                 h = hash((h, a))
                 self.next[h] = b
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx):
         B, T = idx.shape
         logits = torch.zeros(B, T, self.config.vocab_size)
         for b in range(B):
@@ -138,7 +138,7 @@ class Memorizer(torch.nn.Module):
                 h = hash((h, token))
                 if h in self.next:
                     logits[b, t, self.next[h]] = 30.0
-        return logits, None
+        return logits
 
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_tokens=(), generator=None):
         outs = []
@@ -206,7 +206,7 @@ def test_batched_loglikelihoods_equal_a_manual_computation_with_left_truncation(
 
     def manual(ctx, cont):
         ids = (ctx + cont)[-17:]
-        logits, _ = model(torch.tensor([ids[:-1]]))
+        logits = model(torch.tensor([ids[:-1]]))
         n = min(len(cont), 16)                # a continuation longer than the block: its last 16 tokens
         return sum(torch.log_softmax(logits[0, i - 1], -1)[ids[i]].item() for i in range(len(ids) - n, len(ids)))
 
