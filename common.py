@@ -204,7 +204,7 @@ def _download(folder, what, where, cmd):
     """Run `cmd` in a fresh temporary folder that must end up holding exactly one file, then
     rename the folder to `folder`: the cache holds a complete download or nothing."""
     if folder.exists():
-        return next(p for p in sorted(folder.iterdir()) if not p.name.startswith("."))
+        return _only_file(folder)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir()))
     try:
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
@@ -216,8 +216,13 @@ def _download(folder, what, where, cmd):
         folder.parent.mkdir(parents=True, exist_ok=True)
         if not folder.exists():          # another process may have got there first
             tmp.rename(folder)
-        return next(p for p in sorted(folder.iterdir()) if not p.name.startswith("."))
+        return _only_file(folder)
     except subprocess.TimeoutExpired:
         raise StageError(f"downloading {what} from {where} timed out; check the network") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _only_file(folder):
+    """The one download a cache folder holds (hidden files aside)."""
+    return next(p for p in sorted(folder.iterdir()) if not p.name.startswith("."))

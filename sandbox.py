@@ -38,6 +38,7 @@ from pathlib import Path
 CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")
+UNSHARE_FAILED = 121          # the child's exit status when it could not enter its namespaces
 
 
 @dataclass
@@ -55,7 +56,7 @@ def _isolate(as_root, uid, gid, cpu_seconds, memory_bytes, output_bytes):
     if as_root:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.unshare(CLONE_NEWNET | CLONE_NEWNS) != 0:
-            os._exit(121)
+            os._exit(UNSHARE_FAILED)
         # our mounts must not propagate back to the host, then hide the shared scratch space
         libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None)
         for path in WORLD_WRITABLE:
@@ -90,6 +91,11 @@ def interpreter(as_root):
             return candidate
     raise RuntimeError("no Python interpreter that an unprivileged user can run; install python3 "
                        "system-wide (e.g. apt-get install python3)")
+
+
+def _read_capped(path, limit):
+    """The program's output file as text, at most `limit` bytes of it."""
+    return path.read_bytes()[:limit].decode("utf-8", "replace")
 
 
 def run(code, timeout=10.0, cpu_seconds=10, memory_mb=1024, output_bytes=1_000_000):
@@ -134,10 +140,10 @@ def run(code, timeout=10.0, cpu_seconds=10, memory_mb=1024, output_bytes=1_000_0
             returncode = proc.returncode
         elif returncode < 0:
             status = f"killed by {signal.Signals(-returncode).name}"
-        elif returncode == 121:
+        elif returncode == UNSHARE_FAILED:
             status, unenforced = "failed", unenforced + ["namespaces (unshare failed)"]
-        read = lambda p: p.read_bytes()[:output_bytes].decode("utf-8", "replace")  # noqa: E731
-        return Result(status == "passed", status, returncode, read(logs / "out"), read(logs / "err"), unenforced)
+        stdout, stderr = (_read_capped(logs / name, output_bytes) for name in ("out", "err"))
+        return Result(status == "passed", status, returncode, stdout, stderr, unenforced)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(logs, ignore_errors=True)
