@@ -22,6 +22,8 @@ import functools
 import os
 import types
 
+import torch
+
 from kernels import twins
 
 BACKENDS = ("auto", "torch", "triton")
@@ -55,7 +57,6 @@ def _triton():
 
 
 def _cuda_available():
-    import torch
     return torch.cuda.is_available()
 
 
