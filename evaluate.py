@@ -50,7 +50,7 @@ import torch
 from tqdm import tqdm
 
 import benchmarks
-from common import StageError, atomic_open, hash_inputs, pick_device, run_main, save_figure, write_json, write_meta
+from common import StageError, atomic_open, hash_inputs, pick_device, require, run_main, save_figure, write_json, write_meta
 from data.contamination import contamination
 from model import bits_per_byte, load_checkpoint, next_token_loss
 from training import autocast
@@ -270,14 +270,15 @@ def read_train_texts(corpus):
 
 def check_contamination(all_items, corpus):
     """{benchmark: contamination summary} over all items of each benchmark (not only the
-    --limit sample), in one pass over the corpus' training split."""
-    texts = {f"{name}/{item['id']}": item["text"] for name, items in all_items.items() for item in items}
+    --limit sample), in one pass over the corpus' training split. Items are keyed by
+    (benchmark, item id); the examples are written "benchmark/id"."""
+    texts = {(name, item["id"]): item["text"] for name, items in all_items.items() for item in items}
     result = contamination(tqdm(read_train_texts(corpus), desc="contamination", unit="doc",
                                 mininterval=1, leave=False), texts)
     out = {}
     for name, items in all_items.items():
-        hit = [k for k in result["ids"] if k.startswith(name + "/")]
-        checked = len(items) - sum(k.startswith(name + "/") for k in result["short_ids"])
+        hit = [f"{name}/{item_id}" for bench, item_id in result["ids"] if bench == name]
+        checked = len(items) - sum(bench == name for bench, _ in result["short_ids"])
         out[name] = {"items": len(items), "checked": checked, "contaminated": len(hit),
                      "fraction": len(hit) / checked if checked else 0.0, "examples": hit[:5]}
     return out
@@ -363,8 +364,7 @@ def load_results(spec):
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
-    if not path.is_file():
-        raise StageError(f"no results at {path}; run evaluate.py first")
+    require(path, "evaluate.py", what="results")
     try:
         results = json.loads(path.read_text())
         ckpts = results["checkpoints"]
@@ -475,7 +475,7 @@ def main(argv=None):
         if "val" in scores:
             print(f"{path}  val             bpb {scores['val']['bpb']:.3f} (loss {scores['val']['loss']:.3f})")
         checkpoints[path] = {"params": model.num_params(), "tokenizer_sha256": tokenizer.sha256(),
-                             "stage": meta.get("script"), "scores": scores}
+                             "stage": meta.get("script"), "kind": meta["kind"], "scores": scores}
 
     # 4. results.json, report.md, scores.png and meta.json (last: it says the rest is complete)
     out_dir = Path(args.out_dir)

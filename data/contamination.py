@@ -32,8 +32,9 @@ def contamination(train_texts, items, n=13):
     """Which benchmark items share at least one n-gram with the training texts (GPT-3's test,
     Brown et al. 2020, App. C, with n = 13).
 
-    items: {item id: text}. Items shorter than n words cannot be checked this way and are
-    counted apart. Streams the training texts: memory holds the items' n-grams only.
+    items: {item id: text}, an id being any sortable key (evaluate.py uses (benchmark, id)
+    pairs). Items shorter than n words cannot be checked this way and are counted apart.
+    Streams the training texts: memory holds the items' n-grams only.
     Returns {"items", "checked", "too_short", "contaminated", "fraction", "ids", "short_ids"}.
     """
     owners = {}

@@ -20,13 +20,6 @@ from kernels.precision import dot_precision
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=1e-2, rtol=1e-2)}
 
 
-@pytest.fixture
-def kernel_backend():
-    """kernels.set_backend for one test; the default, "auto", is restored after it."""
-    yield kernels.set_backend
-    kernels.set_backend("auto")
-
-
 def grads(fn, *inputs, seed=0):
     """Outputs and input gradients of fn under a fixed random upstream gradient."""
     inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,6 @@ import torch
 import torch.nn.functional as F
 
 import bpe
-import kernels
 import sample
 import train
 import training
@@ -158,6 +158,12 @@ def run_train(tok_dir, out, *args, nproc=1, wait=True):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
+def train_main(tok_dir, out, *args):
+    """train.main in this process: no interpreter start-up (COMMON's --threads 1 matches the
+    subprocesses' OMP_NUM_THREADS=1, so both give the same bits)."""
+    train.main(["--data-dir", str(tok_dir), "--out-dir", str(out), *COMMON, *map(str, args)])
+
+
 def weights(out):
     return torch.load(Path(out) / "model.pt", weights_only=True)["model"]
 
@@ -207,8 +213,7 @@ def test_training_lowers_validation_loss_and_writes_a_checkpoint(tok_dir, tmp_pa
 def test_two_process_ddp_equals_one_process_accumulation(tok_dir, tmp_path):
     """Two micro-batches per step: two gloo processes of one each, or one process of two."""
     args = ("--max-steps", 4, "--batch-tokens", 256, "--eval-every", 0)
-    single = run_train(tok_dir, tmp_path / "one", *args)
-    assert single.returncode == 0, single.stderr
+    train_main(tok_dir, tmp_path / "one", *args)           # in this process: one start-up fewer
     ddp = run_train(tok_dir, tmp_path / "two", *args, nproc=2)
     assert ddp.returncode == 0, ddp.stderr
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
@@ -224,8 +229,7 @@ def test_two_process_fsdp_equals_one_process_accumulation_across_a_resume(tok_di
     clipping would move the weights by ~1e-7. The checkpoint is the same unwrapped model.pt
     every stage loads."""
     args = ("--max-steps", 4, "--batch-tokens", 256, "--eval-every", 0, "--grad-clip", 0)
-    single = run_train(tok_dir, tmp_path / "one", *args)
-    assert single.returncode == 0, single.stderr
+    train_main(tok_dir, tmp_path / "one", *args)
     out = tmp_path / "fsdp"
     first = run_train(tok_dir, out, *args, "--fsdp", "--stop-after", 2, nproc=2)
     assert first.returncode == 0, first.stderr
@@ -241,8 +245,7 @@ def test_two_process_fsdp_equals_one_process_accumulation_across_a_resume(tok_di
 
 def test_kill_and_resume_gives_identical_weights(tok_dir, tmp_path):
     args = ("--max-steps", 24, "--batch-tokens", 256, "--eval-every", 0, "--ckpt-every", 3)
-    full = run_train(tok_dir, tmp_path / "full", *args)
-    assert full.returncode == 0, full.stderr
+    train_main(tok_dir, tmp_path / "full", *args)
     out = tmp_path / "killed"
     proc = run_train(tok_dir, out, *args, wait=False)
     deadline = time.time() + 120
@@ -263,11 +266,6 @@ def error_line(proc):
     return proc.stderr.strip().splitlines()[-1]
 
 
-def train_main(tok_dir, out, *args):
-    """train.main in this process (no interpreter start-up), for the checks that raise early."""
-    train.main(["--data-dir", str(tok_dir), "--out-dir", str(out), *COMMON, *map(str, args)])
-
-
 def test_missing_shards_give_one_line_and_exit_1(tmp_path):
     proc = run_train(tmp_path / "nothing", tmp_path / "o", "--max-steps", 1)
     assert proc.returncode == 1 and error_line(proc).startswith("error:") and "run bpe.py first" in error_line(proc)
@@ -283,11 +281,17 @@ def test_bad_flags(tok_dir, tmp_path, flags, message):
         train_main(tok_dir, tmp_path / "o", "--max-steps", 1, *flags)
 
 
-@pytest.fixture
-def checkpoint_dir(tok_dir, tmp_path):
-    out = tmp_path / "ck"
+@pytest.fixture(scope="module")
+def pristine_checkpoint(tok_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ck")
     train_main(tok_dir, out, "--max-steps", 2, "--batch-tokens", 128, "--eval-every", 0)
     return out
+
+
+@pytest.fixture
+def checkpoint_dir(pristine_checkpoint, tmp_path):
+    """A fresh copy of a 2-step run's directory for each test to damage."""
+    return Path(shutil.copytree(pristine_checkpoint, tmp_path / "ck"))
 
 
 def test_a_truncated_training_state_is_refused(tok_dir, checkpoint_dir):
@@ -336,16 +340,13 @@ def test_non_finite_loss_stops_with_a_clear_message(tok_dir, tmp_path):
                    "--lr", 1e6, "--grad-clip", 0, "--warmup-steps", 1)
 
 
-def test_triton_kernels_train_like_the_torch_twins(tok_dir, tmp_path):
+def test_triton_kernels_train_like_the_torch_twins(tok_dir, tmp_path, kernel_backend):
     """Two training steps with --kernels triton (interpreted on the CPU) and --kernels torch."""
     # Few rows (2 x 16 tokens): the interpreter runs each Triton program in Python.
     args = ("--max-steps", 2, "--block-size", 16, "--micro-batch", 2, "--batch-tokens", 32,
             "--eval-every", 0, "--eval-batches", 1)
-    try:
-        train_main(tok_dir, tmp_path / "torch", *args, "--kernels", "torch")
-        train_main(tok_dir, tmp_path / "triton", *args, "--kernels", "triton")
-    finally:
-        kernels.set_backend("auto")
+    train_main(tok_dir, tmp_path / "torch", *args, "--kernels", "torch")
+    train_main(tok_dir, tmp_path / "triton", *args, "--kernels", "triton")
     logs = [[(r["loss"], r["grad_norm"]) for r in map(json.loads, (tmp_path / kb / "log.jsonl").read_text().splitlines())
              if "loss" in r] for kb in ("torch", "triton")]
     assert logs[0] == logs[1]                                           # to the 5 decimals logged

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import toy_two_models
 import training
 from common import StageError
 from model import GPT, GPTConfig
@@ -124,20 +125,15 @@ def test_a_state_holding_other_models_is_refused(tmp_path):
     assert step == 3 and extra == {} and all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-def run_toy(out, *args, wait=True):
-    cmd = [sys.executable, str(ROOT / "tests" / "toy_two_models.py"), str(out), *map(str, args)]
-    if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-
-
 def test_two_models_and_two_optimizers_killed_and_resumed_bitwise(tmp_path):
     """PPO's shape of state: a policy and a value model, an optimizer each, a KL coefficient
-    and a rollout generator in `extra`, and draws from torch's, numpy's and Python's RNGs."""
-    full = run_toy(tmp_path / "full", "--steps", 12)
-    assert full.returncode == 0, full.stderr
+    and a rollout generator in `extra`, and draws from torch's, numpy's and Python's RNGs.
+    The uninterrupted and the resumed run go in this process; the killed one is a process of
+    its own, SIGKILLed once its first state is on disk."""
+    toy_two_models.main([str(tmp_path / "full"), "--steps", "12"])
     out = tmp_path / "killed"
-    proc = run_toy(out, "--steps", 12, "--ckpt-every", 1, "--sleep", 0.2, wait=False)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "toy_two_models.py"), str(out), "--steps", "12",
+                             "--ckpt-every", "1", "--sleep", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not (out / "train_state.pt").exists() and time.time() < deadline:
         time.sleep(0.01)
@@ -145,8 +141,7 @@ def test_two_models_and_two_optimizers_killed_and_resumed_bitwise(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert 0 < torch.load(out / "train_state.pt", weights_only=True)["step"] < 12
-    resumed = run_toy(out, "--steps", 12, "--ckpt-every", 1, "--resume")
-    assert resumed.returncode == 0, resumed.stderr
+    toy_two_models.main([str(out), "--steps", "12", "--ckpt-every", "1", "--resume"])
     a, b = (torch.load(d / "final.pt", weights_only=True) for d in (tmp_path / "full", out))
     for name in ("policy", "value"):
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name])

@@ -5,7 +5,7 @@ Python). tests/test_training.py kills it with SIGKILL and resumes it, and checks
 is bit for bit the end of an uninterrupted run.
 
     python tests/toy_two_models.py OUT --steps 12 [--ckpt-every 1] [--sleep 0.05] [--resume]
-Writes OUT/train_state.pt along the way and OUT/final.pt (weights, extra) at the end.
+or toy_two_models.main([...]) in a test's own process. Writes OUT/train_state.pt along the way and OUT/final.pt (weights, extra) at the end.
 """
 
 import argparse
@@ -26,14 +26,14 @@ from model import GPT, GPTConfig  # noqa: E402
 MICRO = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_kv_head=1, n_embd=16)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--ckpt-every", type=int, default=4)
     p.add_argument("--sleep", type=float, default=0.0, help="seconds per step (time to be killed)")
     p.add_argument("--resume", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     out = Path(args.out)
     torch.set_num_threads(1)
     torch.manual_seed(0)
