@@ -91,7 +91,10 @@ def parse_args(argv=None):
                    help="fused Triton kernels or their PyTorch twins; auto = Triton on CUDA only")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per process; 0 = torch's default")
     p.add_argument("--seed", type=int, default=1337, help="initialisation and data order")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.stop_after < 0:
+        p.error("--stop-after must be >= 0 (0 = run to --max-steps)")
+    return args
 
 
 # ----------------------------------------------------------------------------- the data
@@ -243,7 +246,7 @@ def main(argv=None):
             print(f"resumed at step {step}")
     peak = training.peak_flops(rt.device, dtype) if rt.master else None
     byte_lengths = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.long)
-    evaluating_ranks = rt.master or args.fsdp          # a sharded model needs every process to run it
+    evaluates = rt.master or args.fsdp          # a sharded model needs every process to run it
     if rt.master:
         out.mkdir(parents=True, exist_ok=True)
         print(f"model: {args.preset}, {n_params / 1e6:.2f}M parameters, {fpt / 1e6:.1f} MFLOP/token; "
@@ -252,7 +255,7 @@ def main(argv=None):
     tok_path = Path(args.data_dir) / "tokenizer.json"
     inputs = hash_inputs({"tokenizer": tok_path, "train.bin": Path(args.data_dir) / "train.bin"}) if rt.master else {}
 
-    end_step = min(args.stop_after, args.max_steps) if args.stop_after > 0 else args.max_steps
+    end_step = min(args.stop_after, args.max_steps) if args.stop_after else args.max_steps
     # the loop, steps numbered as in the docstring (the bar closes even when a step raises)
     with tqdm(total=args.max_steps, initial=step, desc="train", unit="step", disable=not rt.master,
               mininterval=1) as bar:
@@ -279,7 +282,7 @@ def main(argv=None):
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
 
             # 5. every --eval-every steps and at the end: validation and samples
-            if (step == args.max_steps or (args.eval_every and step % args.eval_every == 0)) and evaluating_ranks:
+            if (step == args.max_steps or (args.eval_every and step % args.eval_every == 0)) and evaluates:
                 vloss, vbpb = estimate_val_loss(raw, val, args.seed, args.micro_batch, block, args.eval_batches,
                                                 byte_lengths, ctx, rt.device)
                 samples = sample_texts(raw, tokenizer, args.samples, step, args.seed, rt.device) if args.samples else []

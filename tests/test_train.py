@@ -281,6 +281,12 @@ def test_bad_flags(tok_dir, tmp_path, flags, message):
         train_main(tok_dir, tmp_path / "o", "--max-steps", 1, *flags)
 
 
+def test_a_negative_stop_after_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--stop-after", "-1"])
+    assert e.value.code == 2 and "--stop-after must be >= 0" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def pristine_checkpoint(tok_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ck")
