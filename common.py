@@ -77,6 +77,20 @@ def atomic_open(path, mode="w", encoding="utf-8"):
         raise
 
 
+def sweep_temporaries(folder):
+    """Delete what atomic_open leaves behind when a run is killed mid-write (`.NAME.*.tmp`,
+    as large as the file it was becoming): a stage calls this on its output folder before
+    it writes. Returns the names removed."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p.name)
+    return removed
+
+
 def write_json(path, obj):
     """Atomically write `obj` as indented JSON."""
     with atomic_open(path) as f:

@@ -378,7 +378,7 @@ def save_checkpoint(out_dir, state, config, tokenizer, *, kind, script, args, me
     with atomic_open(out_dir / "model.pt", "wb") as f:
         torch.save({"model": {k: v.detach().cpu() for k, v in state.items()}, "config": config}, f)
     tokenizer.save(out_dir / "tokenizer.json")
-    extra = {}
+    extra = {"model_sha256": sha256_file(out_dir / "model.pt")}      # meta.json and model.pt belong together
     if parent is not None:
         extra["parent"] = {"path": str(parent), "sha256": sha256_file(Path(parent) / "model.pt")}
     write_meta(out_dir, FORMAT, VERSION, script, args, metrics, inputs=inputs, config=config, kind=kind,
@@ -431,6 +431,9 @@ def load_checkpoint(ckpt_dir, kind=None, device="cpu"):
     except Exception as e:        # a truncated or foreign file: torch raises many kinds
         raise StageError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); "
                          f"it may be truncated, train again") from None
+    if meta.get("model_sha256") and sha256_file(path) != meta["model_sha256"]:
+        raise StageError(f"{path} is not the model {ckpt_dir}/meta.json describes (a run killed between "
+                         f"writing the two?); resume the stage that wrote it ({KINDS[meta['kind']]} --resume)")
     has_head = "head.weight" in state
     if meta["kind"] in HEAD_KINDS and not has_head:
         raise StageError(f"{path} is a {meta['kind']} checkpoint without its scalar head (head.weight); "

@@ -44,11 +44,14 @@ from tqdm import tqdm
 
 import kernels
 import training
-from common import StageError, hash_inputs, run_main
+from common import StageError, hash_inputs, run_main, sweep_temporaries
 from model import FLOPS_FORMULA, PRESETS, GPT, GPTConfig, bits_per_byte, flops_per_token, next_token_loss, save_checkpoint
 from tokenizer import load_token_dir
 
 CURVES = {"loss": [("train", "loss"), ("validation", "val_loss")], "lr": [("learning rate", "lr")]}
+# The flags that define a run: --resume continues only a run started with the same ones.
+RUN_FLAGS = ("preset", "block_size", "batch_tokens", "max_steps", "lr", "min_lr_frac", "warmup_steps",
+             "weight_decay", "beta1", "beta2", "grad_clip", "seed")
 
 
 def parse_args(argv=None):
@@ -92,9 +95,29 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="CPU threads per process; 0 = torch's default")
     p.add_argument("--seed", type=int, default=1337, help="initialisation and data order")
     args = p.parse_args(argv)
-    if args.stop_after < 0:
-        p.error("--stop-after must be >= 0 (0 = run to --max-steps)")
+    for name in ("max_steps", "batch_tokens", "micro_batch", "eval_batches"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("stop_after", "eval_every", "ckpt_every", "samples", "warmup_steps", "block_size", "threads"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        p.error("--lr must be a positive number")
+    if not all(math.isfinite(x) and x >= 0 for x in (args.min_lr_frac, args.weight_decay, args.grad_clip)):
+        p.error("--min-lr-frac, --weight-decay and --grad-clip must be numbers >= 0")
+    if not (0 <= args.beta1 < 1 and 0 <= args.beta2 < 1):
+        p.error("--beta1 and --beta2 must lie in [0, 1)")
     return args
+
+
+def check_same_run(saved, args):
+    """--resume continues the run it finds: refuse one started with other defining flags,
+    naming each difference, rather than silently mix two schedules."""
+    changed = [f"--{k.replace('_', '-')} {saved[k]} then, {getattr(args, k)} now" for k in RUN_FLAGS
+               if k in saved and saved[k] != getattr(args, k)]
+    if changed:
+        raise StageError(f"--resume: the run in --out-dir was started with other flags ({'; '.join(changed)}); "
+                         f"resume with the same flags or start again without --resume")
 
 
 # ----------------------------------------------------------------------------- the data
@@ -208,6 +231,10 @@ def main(argv=None):
     except RuntimeError as e:
         raise StageError(str(e)) from None
     out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise StageError(f"--out-dir {out} is a file; give a directory")
+    if rt.master:
+        sweep_temporaries(out)                       # what a run killed mid-write left behind
     dtype = training.resolve_dtype(args.dtype, rt.device)
     ctx = training.autocast(rt.device, dtype)
 
@@ -240,8 +267,9 @@ def main(argv=None):
     if args.resume:
         step, extra = training.load_train_state(out / "train_state.pt", {"model": raw}, {"adamw": opt},
                                                 tokenizer.sha256())
+        check_same_run(extra.get("run_flags", {}), args)
         accounting.load_state_dict(extra["accounting"])
-        log = training.read_log(out, step)
+        log = list(extra["log"])                   # the log travels in the state: no kill can lose rows
         if rt.master:
             print(f"resumed at step {step}")
     peak = training.peak_flops(rt.device, dtype) if rt.master else None
@@ -293,12 +321,14 @@ def main(argv=None):
                         tqdm.write(f"  | {s!r}")
                 t_last = time.perf_counter()              # evaluation is not training time
 
-            # 6. every --ckpt-every steps and at the end: the training state first (self-contained),
-            #    then the published checkpoint, the log and the curves
+            # 6. every --ckpt-every steps and at the end: the training state first (self-contained:
+            #    weights, optimizer, RNG, log), then the published checkpoint, the log and the curves;
+            #    meta.json holds model.pt's hash, so a kill between them cannot pair the wrong two
             if step == end_step or (args.ckpt_every and step % args.ckpt_every == 0):
+                extra = {"accounting": accounting.state_dict(), "log": log,
+                         "run_flags": {k: getattr(args, k) for k in RUN_FLAGS}}
                 training.save_train_state(out / "train_state.pt", step, {"model": raw}, {"adamw": opt},
-                                          tokenizer.sha256(), extra={"accounting": accounting.state_dict()},
-                                          master=rt.master)
+                                          tokenizer.sha256(), extra=extra, master=rt.master)
                 state = training.full_state_dict(raw)     # every process: FSDP gathers the shards
                 if rt.master:
                     save_checkpoint(out, state, cfg, tokenizer, kind="base", script="train.py", args=vars(args),

@@ -172,6 +172,10 @@ def setup_runtime(device="auto", threads=0):
     (RANK and WORLD_SIZE set): NCCL between GPUs, gloo between CPU processes (so DDP and FSDP
     can be tested on a laptop). threads: CPU threads per process, 0 = torch's default."""
     device = pick_device(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise StageError(f"--device {device}: no CUDA device is visible to torch; use --device cpu (or auto)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise StageError("--device mps: Metal is not available here; use --device cpu (or auto)")
     if threads:
         torch.set_num_threads(threads)
     if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
@@ -273,15 +277,6 @@ def write_log(out_dir, log):
     """log.jsonl: one JSON object per logged step, atomically (the whole file each time)."""
     with atomic_open(Path(out_dir) / "log.jsonl") as f:
         f.writelines(json.dumps(r) + "\n" for r in log)
-
-
-def read_log(out_dir, upto_step):
-    """The rows of out_dir/log.jsonl up to and including `upto_step` (a resumed run's past)."""
-    path = Path(out_dir) / "log.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-    return [r for r in rows if r["step"] <= upto_step]
 
 
 def plot_curves(out_dir, log, figures):

@@ -281,16 +281,37 @@ def test_bad_flags(tok_dir, tmp_path, flags, message):
         train_main(tok_dir, tmp_path / "o", "--max-steps", 1, *flags)
 
 
-def test_a_negative_stop_after_is_a_usage_error(capsys):
+@pytest.mark.parametrize("flags, message", [
+    (("--stop-after", "-1"), "--stop-after must be >= 0"),
+    (("--max-steps", "0"), "--max-steps must be >= 1"),
+    (("--eval-batches", "0"), "--eval-batches must be >= 1"),
+    (("--lr", "nan"), "--lr must be a positive number"),
+    (("--grad-clip", "-1"), "--grad-clip must be numbers >= 0"),
+    (("--beta2", "1"), "--beta1 and --beta2 must lie in"),
+], ids=["stop-after", "max-steps-0", "eval-batches-0", "lr-nan", "clip-negative", "beta-1"])
+def test_flags_at_their_edges_are_usage_errors(capsys, flags, message):
     with pytest.raises(SystemExit) as e:
-        train.parse_args(["--stop-after", "-1"])
-    assert e.value.code == 2 and "--stop-after must be >= 0" in capsys.readouterr().err
+        train.parse_args(list(flags))
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_says_so(tok_dir, tmp_path):
+    with pytest.raises(StageError, match="--device cuda: no CUDA device is visible"):
+        train_main(tok_dir, tmp_path / "o", "--device", "cuda")
+
+
+def test_an_out_dir_that_is_a_file_is_refused(tok_dir, tmp_path):
+    (tmp_path / "o").write_text("x")
+    with pytest.raises(StageError, match="is a file; give a directory"):
+        train_main(tok_dir, tmp_path / "o")
 
 
 @pytest.fixture(scope="module")
 def pristine_checkpoint(tok_dir, tmp_path_factory):
+    """The first 2 steps of a 4-step run (--max-steps 4 --stop-after 2): a run to resume."""
     out = tmp_path_factory.mktemp("ck")
-    train_main(tok_dir, out, "--max-steps", 2, "--batch-tokens", 128, "--eval-every", 0)
+    train_main(tok_dir, out, "--max-steps", 4, "--stop-after", 2, "--batch-tokens", 128, "--eval-every", 0)
     return out
 
 
@@ -332,6 +353,32 @@ def test_a_checkpoint_of_another_format_version_or_kind_is_refused(checkpoint_di
     (checkpoint_dir / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(StageError, match=message):
         load_checkpoint(checkpoint_dir)
+
+
+def test_a_model_pt_from_another_moment_than_its_meta_is_refused(checkpoint_dir, tok_dir, tmp_path):
+    """A kill between writing model.pt and meta.json would pair one step's weights with another
+    step's record: meta.json holds model.pt's hash."""
+    train_main(tok_dir, tmp_path / "other", "--max-steps", 1, "--batch-tokens", 128, "--eval-every", 0)
+    shutil.copy(tmp_path / "other" / "model.pt", checkpoint_dir / "model.pt")
+    with pytest.raises(StageError, match=r"is not the model .*meta.json describes .*\(train.py --resume\)"):
+        load_checkpoint(checkpoint_dir)
+
+
+def test_resume_with_other_defining_flags_is_refused(tok_dir, checkpoint_dir):
+    with pytest.raises(StageError, match=r"other flags \(--lr 0.003 then, 0.001 now; --seed 1337 then, 7 now\)"):
+        train_main(tok_dir, checkpoint_dir, "--max-steps", 4, "--batch-tokens", 128, "--eval-every", 0,
+                   "--resume", "--lr", "1e-3", "--seed", 7)
+
+
+def test_a_kill_before_the_log_was_written_loses_no_rows_and_stale_temporaries_go(tok_dir, checkpoint_dir):
+    """The log travels in train_state.pt: a run killed after the state but before log.jsonl
+    (here: log.jsonl gone) resumes with every row; a half-written file's temporary is swept."""
+    (checkpoint_dir / "log.jsonl").unlink()
+    (checkpoint_dir / ".model.pt.x1y2.tmp").write_bytes(b"half a model")
+    train_main(tok_dir, checkpoint_dir, "--max-steps", 4, "--batch-tokens", 128, "--eval-every", 0, "--resume")
+    rows = [json.loads(line) for line in (checkpoint_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert not list(checkpoint_dir.glob(".*.tmp"))
 
 
 def test_a_checkpoint_without_meta_names_the_stage_to_run(checkpoint_dir):
