@@ -8,6 +8,7 @@ own script; this file only holds the plumbing they would otherwise copy.
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -91,10 +92,22 @@ def sweep_temporaries(folder):
     return removed
 
 
+def finite_or_none(obj):
+    """obj with every NaN or infinite float replaced by None: JSON has no NaN, and Python's
+    bare `NaN` in a file is read by no strict parser (and compares as nothing)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj):
-    """Atomically write `obj` as indented JSON."""
+    """Atomically write `obj` as indented JSON, NaN and infinities as null."""
     with atomic_open(path) as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
+        json.dump(finite_or_none(obj), f, indent=2, ensure_ascii=False, allow_nan=False)
         f.write("\n")
 
 

@@ -50,17 +50,15 @@ import torch
 from tqdm import tqdm
 
 import benchmarks
-from common import StageError, atomic_open, hash_inputs, pick_device, require, run_main, save_figure, write_json, write_meta
+from common import StageError, atomic_open, hash_inputs, pick_device, run_main, save_figure, write_json, write_meta
 from data.contamination import contamination
+from gate import LOWER_IS_BETTER, SCORE_METRICS, compare, format_score
 from model import bits_per_byte, load_checkpoint, next_token_loss
-from training import autocast
+from training import autocast, check_device
 from tokenizer import load_token_dir
 
 FORMAT, VERSION = "llmpipe-eval", 1
 TASK_NAMES = ["val", *benchmarks.TASKS]
-# Metrics compared by `compare`: higher is better, except bits per byte and loss.
-SCORE_METRICS = ("acc", "acc_norm", "mc2", "exact_match", "pass@1", "pass@10", "pass@100", "bpb", "loss")
-LOWER_IS_BETTER = ("bpb", "loss")
 
 
 def parse_args(argv=None):
@@ -95,11 +93,11 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default="out/eval", help="where results.json, report.md and scores.png go")
     # the regression gate, a subcommand (without one, evaluate.py evaluates the --ckpt checkpoints)
     sub = p.add_subparsers(dest="command", title="subcommands", description="none: evaluate the --ckpt checkpoints")
-    gate = sub.add_parser("compare", help="exit 1 if a candidate's scores regressed against a baseline's",
+    compare_p = sub.add_parser("compare", help="exit 1 if a candidate's scores regressed against a baseline's",
                           description="Exit 1 if CANDIDATE is worse than BASELINE by more than --max-drop.")
-    gate.add_argument("baseline", help="results.json (or its directory) of the baseline; path#LABEL picks a checkpoint")
-    gate.add_argument("candidate", help="results.json (or its directory) of the candidate")
-    gate.add_argument("--max-drop", type=float, default=0.02,
+    compare_p.add_argument("baseline", help="results.json (or its directory) of the baseline; path#LABEL picks a checkpoint")
+    compare_p.add_argument("candidate", help="results.json (or its directory) of the candidate")
+    compare_p.add_argument("--max-drop", type=float, default=0.02,
                       help="largest allowed drop of a score (absolute, 0.02 = 2 points) or rise of bits per byte")
     args = p.parse_args(argv)
     if args.command == "compare":
@@ -286,11 +284,6 @@ def check_contamination(all_items, corpus):
 
 # ----------------------------------------------------------------------------- the report
 
-def format_score(x):
-    """A score or chance level in a report cell: three decimals, "-" when there is none."""
-    return "-" if x is None else f"{x:.3f}"
-
-
 def chance_of(ckpts, name):
     """A benchmark's chance level (the same for every checkpoint that scored it), or None."""
     return next((c["scores"][name].get("chance") for c in ckpts.values() if name in c["scores"]), None)
@@ -355,75 +348,15 @@ def plot_scores(path, results):
     save_figure(fig, path, dpi=110)
 
 
-# ----------------------------------------------------------------------------- compare
-
-def load_results(spec):
-    """(label, scores, tasks) of one checkpoint in a results.json; `path#label` picks one of
-    several checkpoints."""
-    path, _, label = spec.partition("#")
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    require(path, "evaluate.py", what="results")
-    try:
-        results = json.loads(path.read_text())
-        ckpts = results["checkpoints"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise StageError(f"{path} is not an evaluate.py results.json") from None
-    if not label:
-        if len(ckpts) != 1:
-            raise StageError(f"{path} holds {len(ckpts)} checkpoints ({', '.join(ckpts)}); pick one with {path}#LABEL")
-        label = next(iter(ckpts))
-    if label not in ckpts:
-        raise StageError(f"{path} has no checkpoint {label!r}; it has {', '.join(ckpts)}")
-    return label, ckpts[label]["scores"], results["tasks"]
-
-
-def regressions(base, cand, base_tasks, cand_tasks, max_drop):
-    """[(benchmark, metric, baseline, candidate)] for every metric that got worse by more than
-    max_drop (higher-is-better scores dropping, bits per byte or loss rising). Benchmarks
-    scored on different items cannot be compared and are refused."""
-    out = []
-    for name in base.keys() & cand.keys():
-        if base_tasks[name].get("items_sha256") != cand_tasks[name].get("items_sha256"):
-            raise StageError(f"{name} was scored on different items in the two runs (--limit or data differ); "
-                             f"evaluate both with the same --limit and --limit-seed")
-        for m in SCORE_METRICS:
-            if m in base[name] and m in cand[name]:
-                change = cand[name][m] - base[name][m]
-                worse = change if m in LOWER_IS_BETTER else -change
-                if worse > max_drop:
-                    out.append((name, m, base[name][m], cand[name][m]))
-    return sorted(out)
-
-
-def compare(args):
-    """`evaluate.py compare`: the shared metrics side by side; fail naming each that regressed."""
-    b_label, base, b_tasks = load_results(args.baseline)
-    c_label, cand, c_tasks = load_results(args.candidate)
-    shared = sorted(base.keys() & cand.keys())
-    if not shared:
-        raise StageError("the two results share no benchmark; nothing to compare")
-    for name in shared:
-        for m in SCORE_METRICS:
-            if m in base[name] and m in cand[name]:
-                print(f"{name:16s} {m:12s} {base[name][m]:8.4f} -> {cand[name][m]:8.4f}")
-    bad = regressions(base, cand, b_tasks, c_tasks, args.max_drop)
-    if bad:
-        raise StageError(f"{c_label} regressed beyond {args.max_drop} against {b_label}: " +
-                         ", ".join(f"{n} {m} {b:.4f} -> {c:.4f}" for n, m, b, c in bad))
-    print(f"ok: no metric of {c_label} is worse than {b_label} by more than {args.max_drop}")
-
-
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None):
     args = parse_args(argv)
     if args.command == "compare":
-        return compare(args)
+        return compare(args.baseline, args.candidate, args.max_drop)
     del args.command                   # what results.json and meta.json record: the evaluation's flags
     t0 = time.time()
-    device = pick_device(args.device)
+    device = check_device(pick_device(args.device))
 
     # 1. the checkpoints, loaded (and checked) before any benchmark work
     models = {}

@@ -9,11 +9,13 @@ Run:
 """
 
 import argparse
+import math
 
 import torch
 
 from common import StageError, run_main
 from model import load_checkpoint
+from training import check_device
 
 
 def parse_args(argv=None):
@@ -28,12 +30,21 @@ def parse_args(argv=None):
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.num_samples < 1 or args.max_new_tokens < 1:
+        p.error("--num-samples and --max-new-tokens must be >= 1")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        p.error("--temperature must be a number >= 0 (0 = greedy)")
+    if args.top_k < 0:
+        p.error("--top-k must be >= 0 (0 = off)")
+    if not 0 < args.top_p <= 1:
+        p.error("--top-p must lie in (0, 1] (1 = off)")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    model, tok, _ = load_checkpoint(args.ckpt, device=args.device)
+    model, tok, _ = load_checkpoint(args.ckpt, device=check_device(args.device))
     model.eval()
     eot, end = tok.special("<|endoftext|>"), tok.special("<|end|>")
     if args.chat:

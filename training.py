@@ -167,15 +167,21 @@ class Runtime:
         return torch.device(self.device).type
 
 
-def setup_runtime(device="auto", threads=0):
-    """The Runtime of this process, initialising the process group when launched by torchrun
-    (RANK and WORLD_SIZE set): NCCL between GPUs, gloo between CPU processes (so DDP and FSDP
-    can be tested on a laptop). threads: CPU threads per process, 0 = torch's default."""
-    device = pick_device(device)
+def check_device(device):
+    """`device` if this machine has it; otherwise the one line that says so (rather than a
+    traceback, or a misleading error from the first tensor moved there)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise StageError(f"--device {device}: no CUDA device is visible to torch; use --device cpu (or auto)")
     if device == "mps" and not torch.backends.mps.is_available():
         raise StageError("--device mps: Metal is not available here; use --device cpu (or auto)")
+    return device
+
+
+def setup_runtime(device="auto", threads=0):
+    """The Runtime of this process, initialising the process group when launched by torchrun
+    (RANK and WORLD_SIZE set): NCCL between GPUs, gloo between CPU processes (so DDP and FSDP
+    can be tested on a laptop). threads: CPU threads per process, 0 = torch's default."""
+    device = check_device(pick_device(device))
     if threads:
         torch.set_num_threads(threads)
     if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):

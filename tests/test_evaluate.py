@@ -301,7 +301,17 @@ def test_report_card_side_by_side_and_the_regression_gate(setup, tmp_path, capsy
     evaluate.main(["compare", str(tmp_path / "base.json"), str(tmp_path / "b1"), "--max-drop", "0.6"])
     with pytest.raises(StageError, match="holds 2 checkpoints"):
         evaluate.main(["compare", str(tmp_path / "ev"), str(tmp_path / "b1")])
-    evaluate.main(["compare", f"{tmp_path / 'ev'}#{b}", str(tmp_path / "b1")])
+    # a candidate that lost benchmarks the baseline scored fails, naming them; the other way is fine
+    with pytest.raises(StageError, match="gsm8k missing from the candidate, humaneval missing from the candidate"):
+        evaluate.main(["compare", f"{tmp_path / 'ev'}#{b}", str(tmp_path / "b1")])
+    evaluate.main(["compare", str(tmp_path / "b1"), f"{tmp_path / 'ev'}#{b}"])
+    # a candidate whose bits per byte is not a number (a broken model) fails; written as null
+    broken = json.loads(json.dumps(single))
+    broken["checkpoints"][b]["scores"]["val"]["bpb"] = float("nan")
+    evaluate.write_json(tmp_path / "broken.json", broken)
+    assert "NaN" not in (tmp_path / "broken.json").read_text()
+    with pytest.raises(StageError, match="val bpb [0-9.]+ -> not a number"):
+        evaluate.main(["compare", str(tmp_path / "b1"), str(tmp_path / "broken.json"), "--max-drop", "1"])
     other = run_eval(setup, tmp_path / "b2", "--tasks", "arc_easy", "--limit-seed", "1", ckpts=("b",))
     assert other["tasks"]["arc_easy"]["items_sha256"] != single["tasks"]["arc_easy"]["items_sha256"]
     with pytest.raises(StageError, match="scored on different items"):

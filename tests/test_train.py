@@ -295,10 +295,24 @@ def test_flags_at_their_edges_are_usage_errors(capsys, flags, message):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (("--num-samples", "0"), "--num-samples and --max-new-tokens must be >= 1"),
+    (("--top-p", "0"), "--top-p must lie in (0, 1]"),
+    (("--top-k", "-5"), "--top-k must be >= 0"),
+    (("--temperature", "-1"), "--temperature must be a number >= 0"),
+], ids=["num-samples-0", "top-p-0", "top-k-negative", "temperature-negative"])
+def test_sample_flags_at_their_edges_are_usage_errors(capsys, flags, message):
+    with pytest.raises(SystemExit) as e:
+        sample.parse_args(["out/pretrain", *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_cuda_says_so(tok_dir, tmp_path):
+def test_cuda_without_cuda_says_so(tok_dir, tmp_path, pristine_checkpoint):
     with pytest.raises(StageError, match="--device cuda: no CUDA device is visible"):
         train_main(tok_dir, tmp_path / "o", "--device", "cuda")
+    with pytest.raises(StageError, match="--device cuda: no CUDA device is visible"):
+        sample.main([str(pristine_checkpoint), "--device", "cuda"])
 
 
 def test_an_out_dir_that_is_a_file_is_refused(tok_dir, tmp_path):
