@@ -320,6 +320,7 @@ def write_report(out_dir, results):
                          + " | ".join(cells) + f" | {cont_cell} |")
     lines += [""] + [f"{name}: unavailable, {task['unavailable']}." for name, task in results["tasks"].items()
                      if "unavailable" in task]
+    lines += [f"{path}: broken, {c['broken']}; not scored." for path, c in ckpts.items() if "broken" in c]
     with atomic_open(Path(out_dir) / "report.md") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -363,6 +364,12 @@ def main(argv=None):
     for path in args.ckpt:
         model, tokenizer, meta = load_checkpoint(path, device=device)
         models[path] = (model.eval(), tokenizer, meta)
+    # a checkpoint whose weights hold NaN or inf (a diverged run) is reported broken, not
+    # scored: its scores would be noise, and its NaNs would stop the other checkpoints' run
+    broken = {path: "its weights hold NaN or inf" for path, (model, _, _) in models.items()
+              if not all(torch.isfinite(p).all() for p in model.parameters())}
+    for path, why in broken.items():
+        print(f"{path}: broken, {why}; not scored")
 
     # 2. the benchmarks' items: all of them for the contamination check, a seeded sample to score
     tasks, all_items, scored = {}, {}, {}
@@ -391,7 +398,7 @@ def main(argv=None):
     checkpoints = {}
     for path, (model, tokenizer, meta) in models.items():
         scores = {}
-        for name in args.tasks:
+        for name in args.tasks if path not in broken else ():
             if name == "val":
                 val = validation_tokens(tokenizer, args.data_dir, args.val_tokens)
                 scores["val"] = validation_bpb(model, tokenizer, val, args.batch_size, device)
@@ -409,6 +416,8 @@ def main(argv=None):
             print(f"{path}  val             bpb {scores['val']['bpb']:.3f} (loss {scores['val']['loss']:.3f})")
         checkpoints[path] = {"params": model.num_params(), "tokenizer_sha256": tokenizer.sha256(),
                              "stage": meta.get("script"), "kind": meta["kind"], "scores": scores}
+        if path in broken:
+            checkpoints[path]["broken"] = broken[path]
 
     # 4. results.json, report.md, scores.png and meta.json (last: it says the rest is complete)
     out_dir = Path(args.out_dir)

@@ -94,7 +94,8 @@ def compare(baseline, candidate, max_drop):
     names, apart = comparable(base, cand, b_tasks, c_tasks)
     for why in apart:
         print(f"not compared: {why}")
-    if not names:
+    bad = regressions(base, cand, names, max_drop)
+    if not names and not bad:
         raise StageError("nothing to compare: " + ("; ".join(apart) + "; evaluate both with the same --limit "
                          "and --limit-seed" if apart else "the two results share no benchmark"))
     for name in names:
@@ -102,8 +103,8 @@ def compare(baseline, candidate, max_drop):
             if m in base[name] and m in cand[name]:
                 b, c = base[name][m], cand[name][m]
                 print(f"{name:16s} {m:12s} {format_score(b):>8s} -> {format_score(c):>8s}")
-    bad = regressions(base, cand, names, max_drop)
     if bad:
         raise StageError(f"{c_label} regressed beyond {max_drop} against {b_label}: " +
-                         ", ".join(describe_regression(*r) for r in bad))
+                         ", ".join(describe_regression(*r) for r in bad) +
+                         "".join(f"; not compared: {why}" for why in apart))
     print(f"ok: no metric of {c_label} is worse than {b_label} by more than {max_drop}")

@@ -19,7 +19,7 @@ import benchmarks
 import bpe
 import evaluate
 import train
-from common import StageError
+from common import StageError, sha256_file
 from model import GPT, GPTConfig
 from textgen import english_doc
 from tokenizer import SPECIAL_TOKENS, Tokenizer, load_token_dir
@@ -352,6 +352,24 @@ def test_bad_input(setup, tmp_path, capsys):
     with pytest.raises(StageError, match="lacks TruthfulQA's columns"):
         run_eval(setup, tmp_path / "o", "--tasks", "truthfulqa_mc1", "--truthfulqa-csv", tmp_path / "wrong.csv")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_checkpoint_with_nan_weights_is_reported_broken_and_the_others_are_scored(setup, tmp_path):
+    bad = tmp_path / "nan"
+    shutil.copytree(setup / "b", bad)
+    ckpt = torch.load(bad / "model.pt", weights_only=True)
+    ckpt["model"]["tok_emb.weight"][3, 0] = float("nan")               # a diverged run
+    torch.save(ckpt, bad / "model.pt")
+    meta = json.loads((bad / "meta.json").read_text())
+    meta["model_sha256"] = sha256_file(bad / "model.pt")
+    (bad / "meta.json").write_text(json.dumps(meta))
+    r = run_eval(setup, tmp_path / "ev", "--tasks", "val,arc_easy", ckpts=("a", str(bad)))
+    good, broken = r["checkpoints"][str(setup / "a")], r["checkpoints"][str(bad)]
+    assert good["scores"]["val"]["bpb"] > 0 and 0 <= good["scores"]["arc_easy"]["acc_norm"] <= 1
+    assert broken["broken"] == "its weights hold NaN or inf" and broken["scores"] == {}
+    assert f"{bad}: broken, its weights hold NaN or inf; not scored." in (tmp_path / "ev" / "report.md").read_text()
+    with pytest.raises(StageError, match="arc_easy missing from the candidate, val missing from the candidate"):
+        evaluate.main(["compare", f"{tmp_path / 'ev'}#{setup / 'a'}", f"{tmp_path / 'ev'}#{bad}"])
 
 
 def test_compare_is_a_subcommand_that_help_lists(capsys):
