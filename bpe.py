@@ -66,8 +66,20 @@ def parse_args(argv=None):
 
 
 def read_corpus(data_dir):
-    """(path, {"train": [text, ...], "val": [...]}) of data/prepare.py's corpus."""
+    """(path, {"train": [text, ...], "val": [...]}) of data/prepare.py's corpus. Beside a
+    meta.json (data/prepare.py writes one last), the corpus must be the one it describes: a
+    prepare run killed between the two renames would otherwise pair a new corpus with an old
+    record. A corpus.jsonl of your own, without meta.json, is read as it is."""
     path = require(Path(data_dir) / "corpus.jsonl", "data/prepare.py", "corpus")
+    meta_path = Path(data_dir) / "meta.json"
+    if meta_path.exists():
+        try:
+            expected = json.loads(meta_path.read_text()).get("corpus_sha256")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            raise StageError(f"{meta_path} is damaged (not a JSON object); run data/prepare.py again") from None
+        if expected and sha256_file(path) != expected:
+            raise StageError(f"{path} is not the corpus {meta_path} describes (data/prepare.py killed between "
+                             f"writing them?); run data/prepare.py again")
     docs = {"train": [], "val": []}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):

@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
-from common import StageError, atomic_open, hash_inputs, run_main, write_json, write_meta  # noqa: E402
+from common import StageError, atomic_open, hash_inputs, run_main, sha256_file, write_json, write_meta  # noqa: E402
 from data import contamination, dedup, filters, sources  # noqa: E402
 from data.report import Report, plot_report, write_report_md  # noqa: E402
 
@@ -454,6 +454,7 @@ def main(argv=None):
                   "lsh_threshold_curve": dedup.lsh_threshold(args.bands, args.num_perm // args.bands)}
     write_meta(out_dir, FORMAT, VERSION, "data/prepare.py", vars(args), metrics=totals,
                inputs=hash_inputs(inputs), config=thresholds,
+               corpus_sha256=sha256_file(out_dir / "corpus.jsonl"),     # bpe.py checks the pair
                sources={n: {"what": sources.SOURCES[n].what, "carrier": sources.SOURCES[n].carrier}
                         for n in args.source_names})
     print(f"corpus: {totals['docs']:,} documents, {totals['bytes'] / 1e6:.1f} MB "

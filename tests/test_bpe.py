@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common import StageError, cache_dir
+import bpe
+from common import StageError, cache_dir, sha256_file
 from textgen import english_doc
 from tokenizer import (GPT2_PATTERN, GPT4_PATTERN, SHARDS_FORMAT, SHARDS_VERSION, Tokenizer,
                        count_chunks, escape_bytes, learn_bpe, load_token_dir, merge_pair, tie_key,
@@ -284,6 +285,19 @@ def write_corpus(path, texts, split_every=5):
         for i, t in enumerate(texts):
             f.write(json.dumps({"id": str(i), "text": t, "source": "s", "kind": "prose",
                                 "licence": "x", "split": "val" if i % split_every == 0 else "train"}) + "\n")
+
+
+@pytest.mark.parametrize("meta, message", [
+    ('{"format": "corpus", "corpus_sha256": "0000"}', "is not the corpus .* describes"),
+    ("{not json", "is damaged"),
+], ids=["another-corpus", "damaged-meta"])
+def test_a_corpus_that_is_not_its_metas_is_refused(tmp_path, meta, message):
+    write_corpus(tmp_path / "corpus.jsonl", [english_doc(i, 10) for i in range(10)])
+    (tmp_path / "meta.json").write_text(meta)
+    with pytest.raises(StageError, match=message):
+        bpe.read_corpus(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({"corpus_sha256": sha256_file(tmp_path / "corpus.jsonl")}))
+    assert len(bpe.read_corpus(tmp_path)[1]["train"]) == 8
 
 
 def test_stage_end_to_end(tmp_path):

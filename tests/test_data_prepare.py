@@ -2,6 +2,7 @@
 its answers to bad input (one clear line, non-zero exit, no half-written corpus)."""
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -115,6 +116,7 @@ def test_end_to_end_on_user_files(tmp_path, user_corpus, word_list):
     assert report["sources"]["user"]["pii_masked"] == {"email": 1, "phone": 1, "ip": 0}
     meta = json.loads((out / "meta.json").read_text())
     assert meta["format"] == "corpus" and meta["version"] == 1
+    assert meta["corpus_sha256"] == hashlib.sha256((out / "corpus.jsonl").read_bytes()).hexdigest()
     assert meta["metrics"]["docs"] == 41
     assert "## Per rule" in (out / "report.md").read_text()
     assert (out / "report.png").stat().st_size > 1000
