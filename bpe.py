@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common import StageError, atomic_open, hash_inputs, require, run_main, sha256_file, write_meta
+from common import StageError, atomic_open, hash_inputs, ignore_interrupts, require, run_main, sha256_file, write_meta
 from tokenizer import PATTERNS, SHARDS_FORMAT, SHARDS_VERSION, SPECIAL_TOKENS, Tokenizer
 
 
@@ -103,6 +103,11 @@ def _init_encoder(tokenizer):
     _TOKENIZER = tokenizer
 
 
+def _init_worker(tokenizer):
+    ignore_interrupts()                  # Ctrl-C: one line from the parent, not one per worker
+    _init_encoder(tokenizer)
+
+
 def _encode_doc(text):
     """One document's ids followed by <|endoftext|>, as a uint32 array (workers).
 
@@ -120,7 +125,7 @@ def write_shard(path, texts, tokenizer, dtype, workers, desc):
     """Encode `texts` in order (in `workers` processes) into one flat token file, atomically.
     Returns (tokens, UTF-8 bytes of text)."""
     n_tokens = n_bytes = 0
-    pool = multiprocessing.Pool(workers, _init_encoder, (tokenizer,)) if workers > 1 else None
+    pool = multiprocessing.Pool(workers, _init_worker, (tokenizer,)) if workers > 1 else None
     if pool is None:
         _init_encoder(tokenizer)
     try:

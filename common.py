@@ -12,9 +12,11 @@ import math
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -42,15 +44,47 @@ def require(path, producer, what=""):
 
 
 def run_main(main):
-    """Call a stage's `main()`, turning a StageError into one line on stderr and exit 1."""
+    """Call a stage's `main()`, turning a StageError into one line on stderr and exit 1, and
+    Ctrl-C into one line and exit 130 (128 + SIGINT, the shell's convention). Every write is
+    atomic, so an interrupted stage leaves the files of its last complete write."""
     try:
         main()
     except StageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: the files written so far are whole; run the stage again "
+              "(train.py: with --resume)", file=sys.stderr)
+        sys.exit(130)
+
+
+def ignore_interrupts():
+    """A worker process's initialiser: Ctrl-C reaches every process of the group, and only
+    the parent should answer it (with one line), not each worker with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------- files
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C inside the block is held until the block ends, then raised: a write finishes
+    (a fraction of a second) instead of dying inside a library that turns the interrupt into
+    another error. Only the main thread receives signals; elsewhere, or where SIGINT is
+    ignored, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
+
 
 @contextlib.contextmanager
 def atomic_open(path, mode="w", encoding="utf-8"):
@@ -58,24 +92,26 @@ def atomic_open(path, mode="w", encoding="utf-8"):
 
     We write to a temporary file in the same directory (so the final rename never crosses a
     file system), flush and fsync it, then `os.replace` it over `path`. If anything fails, or
-    the process is killed, the old file (or no file) stays, never a half-written one.
+    the process is killed, the old file (or no file) stays, never a half-written one; a Ctrl-C
+    waits for the write to end (interrupts_deferred).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with open(fd, mode, encoding=None if "b" in mode else encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes it private; artefacts are not
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with interrupts_deferred():
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with open(fd, mode, encoding=None if "b" in mode else encoding) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes it private; artefacts are not
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def sweep_temporaries(folder):

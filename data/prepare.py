@@ -56,7 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
-from common import StageError, atomic_open, hash_inputs, run_main, sha256_file, write_json, write_meta  # noqa: E402
+from common import (StageError, atomic_open, hash_inputs, ignore_interrupts, run_main, sha256_file,  # noqa: E402
+                    write_json, write_meta)
 from data import contamination, dedup, filters, sources  # noqa: E402
 from data.report import Report, plot_report, write_report_md  # noqa: E402
 
@@ -201,6 +202,12 @@ def split_of(text, val_fraction, seed=0):
 _WORKER = {}
 
 
+def init_pool_worker(config):
+    """A pool process: Ctrl-C is the parent's to answer (one line), then init_worker."""
+    ignore_interrupts()
+    init_worker(config)
+
+
 def init_worker(config):
     """Set up each worker once: compiled word list, MinHash functions, thresholds."""
     _WORKER.update(config)
@@ -302,7 +309,7 @@ def clean_and_deduplicate(args, archives, user_files, config, report, path):
     exact_seen = set()
     line_counts = defaultdict(lambda: defaultdict(int))   # source -> line key -> documents
     written = 0
-    pool = multiprocessing.Pool(args.workers, init_worker, (config,)) if args.workers > 1 else None
+    pool = multiprocessing.Pool(args.workers, init_pool_worker, (config,)) if args.workers > 1 else None
     if pool is None:
         init_worker(config)
     try:

@@ -7,6 +7,7 @@ test_training.py."""
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ import bpe
 import sample
 import train
 import training
-from common import StageError
+from common import StageError, ignore_interrupts
 from model import GPT, IGNORE_INDEX, GPTConfig, bits_per_byte, load_checkpoint, next_token_loss, sample_next
 from textgen import english_doc
 from tokenizer import Tokenizer
@@ -260,6 +261,30 @@ def test_kill_and_resume_gives_identical_weights(tok_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     a, b = weights(tmp_path / "full"), weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(tok_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_train(tok_dir, out, "--max-steps", 400, "--batch-tokens", 256, "--eval-every", 0,
+                     "--ckpt-every", 1, wait=False)
+    deadline = time.time() + 120
+    while not (out / "train_state.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted: the files written so far are whole")
+    assert torch.load(out / "train_state.pt", weights_only=True)["step"] >= 1
+
+
+def test_pool_workers_leave_ctrl_c_to_the_parent():
+    """Ctrl-C reaches every process of the group: bpe.py's and data/prepare.py's workers
+    ignore it (common.ignore_interrupts), so only the parent answers, with one line."""
+    with multiprocessing.get_context("fork").Pool(1, ignore_interrupts) as pool:
+        pid = pool.apply(os.getpid)
+        os.kill(pid, signal.SIGINT)
+        time.sleep(0.2)
+        assert pool.apply(os.getpid) == pid                       # the same worker, alive
 
 
 def error_line(proc):
