@@ -66,18 +66,20 @@ def parse_args(argv=None):
 
 
 def read_corpus(data_dir):
-    """(path, {"train": [text, ...], "val": [...]}) of data/prepare.py's corpus. Beside a
+    """(inputs, {"train": [text, ...], "val": [...]}) of data/prepare.py's corpus, inputs being
+    its hash_inputs record for meta.json (hashed once, for both uses). Beside a
     meta.json (data/prepare.py writes one last), the corpus must be the one it describes: a
     prepare run killed between the two renames would otherwise pair a new corpus with an old
     record. A corpus.jsonl of your own, without meta.json, is read as it is."""
     path = require(Path(data_dir) / "corpus.jsonl", "data/prepare.py", "corpus")
+    inputs = hash_inputs({"corpus": path})
     meta_path = Path(data_dir) / "meta.json"
     if meta_path.exists():
         try:
             expected = json.loads(meta_path.read_text()).get("corpus_sha256")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             raise StageError(f"{meta_path} is damaged (not a JSON object); run data/prepare.py again") from None
-        if expected and sha256_file(path) != expected:
+        if expected and inputs["corpus"]["sha256"] != expected:
             raise StageError(f"{path} is not the corpus {meta_path} describes (data/prepare.py killed between "
                              f"writing them?); run data/prepare.py again")
     docs = {"train": [], "val": []}
@@ -90,7 +92,7 @@ def read_corpus(data_dir):
                 raise StageError(f"{path}:{lineno} is not a corpus record; run data/prepare.py again") from None
     if not docs["train"]:
         raise StageError(f"{path} has no train documents; run data/prepare.py with more input")
-    return path, docs
+    return inputs, docs
 
 
 # ----------------------------------------------------------------------------- the shards
@@ -148,7 +150,7 @@ def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
     out = Path(args.out_dir)
-    corpus_path, docs = read_corpus(args.data_dir)
+    inputs, docs = read_corpus(args.data_dir)
 
     # 1. train on a seeded sample of the train split (every source, not just the first)
     texts, size = [], 0
@@ -181,7 +183,7 @@ def main(argv=None):
     # 3. meta.json last: tokenizer.load_token_dir checks the shards against it
     metrics["seconds"] = round(time.time() - t0, 1)
     write_meta(out, SHARDS_FORMAT, SHARDS_VERSION, "bpe.py", vars(args), metrics,
-               inputs=hash_inputs({"corpus": corpus_path}),
+               inputs=inputs,
                config={"vocab_size": tok.vocab_size, "pattern": tok.pattern},
                dtype=np.dtype(dtype).name,
                tokenizer={"sha256": tok.sha256(), "file_sha256": sha256_file(out / "tokenizer.json"),

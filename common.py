@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -67,51 +66,40 @@ def ignore_interrupts():
 # ----------------------------------------------------------------------------- files
 
 @contextlib.contextmanager
-def interrupts_deferred():
-    """Ctrl-C inside the block is held until the block ends, then raised: a write finishes
-    (a fraction of a second) instead of dying inside a library that turns the interrupt into
-    another error. Only the main thread receives signals; elsewhere, or where SIGINT is
-    ignored, the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
 def atomic_open(path, mode="w", encoding="utf-8"):
     """Open `path` for writing so that it appears whole or not at all.
 
     We write to a temporary file in the same directory (so the final rename never crosses a
     file system), flush and fsync it, then `os.replace` it over `path`. If anything fails, or
-    the process is killed, the old file (or no file) stays, never a half-written one; a Ctrl-C
-    waits for the write to end (interrupts_deferred).
+    the process is killed, the old file (or no file) stays, never a half-written one.
     """
-    with interrupts_deferred():
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with open(fd, mode, encoding=None if "b" in mode else encoding) as f:
-                yield f
-                f.flush()
-                os.fsync(f.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes it private; artefacts are not
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes it private; artefacts are not
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if not isinstance(e, KeyboardInterrupt) and _caused_by_interrupt(e):
+            raise KeyboardInterrupt from None      # torch.save turns a Ctrl-C into a RuntimeError
+        raise
+
+
+def _caused_by_interrupt(error):
+    """Whether a Ctrl-C is somewhere in the chain of exceptions that led to `error`."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__context__
+    return False
 
 
 def sweep_temporaries(folder):

@@ -368,8 +368,8 @@ def save_checkpoint(out_dir, state, config, tokenizer, *, kind, script, args, me
     presence says the directory is complete).
 
     `state` is the unwrapped model's state_dict (never a DDP or compiled wrapper's; under FSDP
-    the one training.full_state_dict gathers). `parent`: the checkpoint directory this one was
-    fine-tuned from, recorded by the hash of its model.pt."""
+    the gathered one training.save_train_state returns). `parent`: the checkpoint directory
+    this one was fine-tuned from, recorded by the hash of its model.pt."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: choose one of {sorted(KINDS)}")
     out_dir = Path(out_dir)

@@ -327,11 +327,11 @@ def main(argv=None):
             if step == end_step or (args.ckpt_every and step % args.ckpt_every == 0):
                 extra = {"accounting": accounting.state_dict(), "log": log,
                          "run_flags": {k: getattr(args, k) for k in RUN_FLAGS}}
-                training.save_train_state(out / "train_state.pt", step, {"model": raw}, {"adamw": opt},
-                                          tokenizer.sha256(), extra=extra, master=rt.master)
-                state = training.full_state_dict(raw)     # every process: FSDP gathers the shards
+                # every process: under FSDP the shards are gathered, once for both files
+                states = training.save_train_state(out / "train_state.pt", step, {"model": raw}, {"adamw": opt},
+                                                   tokenizer.sha256(), extra=extra, master=rt.master)
                 if rt.master:
-                    save_checkpoint(out, state, cfg, tokenizer, kind="base", script="train.py", args=vars(args),
+                    save_checkpoint(out, states["model"], cfg, tokenizer, kind="base", script="train.py", args=vars(args),
                                     metrics=summary(log, step, args.batch_tokens, n_params, fpt), inputs=inputs,
                                     accounting=accounting.record())
                     training.write_log(out, log)

@@ -393,12 +393,7 @@ class Accounting:
 def full_state_dict(model):
     """The unwrapped model's state_dict on the CPU, whole: under FSDP each shard is gathered
     (a collective: every process must call this), elsewhere the tensors as they are."""
-    state = {}
-    for name, t in model.state_dict().items():
-        if isinstance(t, DTensor):
-            t = t.full_tensor()
-        state[name] = t.detach().cpu()
-    return state
+    return {name: t.detach().cpu() for name, t in _gathered(model.state_dict()).items()}
 
 
 def copy_into(dst, src):
@@ -453,7 +448,8 @@ def save_train_state(path, step, models, optimizers, tokenizer_sha256, extra=Non
     model, a reward model) are loaded from their own checkpoints, not saved here. `extra`
     holds tensors and numbers a stage keeps between steps (a KL controller, a rollout
     generator's state, the accounting). Under FSDP every process must call this (the shards
-    are gathered); only `master` writes."""
+    are gathered); only `master` writes. Returns the models' whole state_dicts, for the
+    caller to publish (save_checkpoint) without gathering them again."""
     state = {"step": step,
              "models": {name: full_state_dict(m) for name, m in models.items()},
              "optimizers": {name: _gathered(o.state_dict()) for name, o in optimizers.items()},
@@ -461,6 +457,7 @@ def save_train_state(path, step, models, optimizers, tokenizer_sha256, extra=Non
     if master:
         with atomic_open(path, "wb") as f:
             torch.save(state, f)
+    return state["models"]
 
 
 def load_train_state(path, models, optimizers, tokenizer_sha256):

@@ -25,8 +25,9 @@ import bpe
 import sample
 import train
 import training
-from common import StageError, ignore_interrupts
+from common import StageError, atomic_open, ignore_interrupts
 from model import GPT, IGNORE_INDEX, GPTConfig, bits_per_byte, load_checkpoint, next_token_loss, sample_next
+from processes import signal_once_written
 from textgen import english_doc
 from tokenizer import Tokenizer
 
@@ -249,10 +250,7 @@ def test_kill_and_resume_gives_identical_weights(tok_dir, tmp_path):
     train_main(tok_dir, tmp_path / "full", *args)
     out = tmp_path / "killed"
     proc = run_train(tok_dir, out, *args, wait=False)
-    deadline = time.time() + 120
-    while not (out / "train_state.pt").exists() and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
+    signal_once_written(proc, out / "train_state.pt", signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     state = torch.load(out / "train_state.pt", weights_only=True)
@@ -273,16 +271,29 @@ def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(tok_dir, tmp_path):
                             env=dict(os.environ, OMP_NUM_THREADS="1"),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.time() + 120
-        while not (out / "train_state.pt").exists() and time.time() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGINT)
+        signal_once_written(proc, out / "train_state.pt", signal.SIGINT)
         err = proc.communicate(timeout=60)[1]
     finally:
         proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("interrupted: the files written so far are whole")
     assert torch.load(out / "train_state.pt", weights_only=True)["step"] >= 1
+
+
+def test_an_interrupt_a_library_turned_into_another_error_is_still_an_interrupt(tmp_path):
+    """torch.save, interrupted mid-write, raises a RuntimeError while handling the Ctrl-C:
+    atomic_open removes its temporary and raises the interrupt, so run_main prints one line."""
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(tmp_path / "state.pt", "wb") as f:
+            f.write(b"half")
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("PytorchStreamWriter failed writing file") from None
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError):                              # other errors stay themselves
+        with atomic_open(tmp_path / "state.pt", "wb"):
+            raise RuntimeError("disk full")
 
 
 def test_pool_workers_leave_ctrl_c_to_the_parent():

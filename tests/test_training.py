@@ -6,7 +6,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 import toy_two_models
+from processes import signal_once_written
 import training
 from common import StageError
 from model import GPT, GPTConfig
@@ -134,10 +134,7 @@ def test_two_models_and_two_optimizers_killed_and_resumed_bitwise(tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "toy_two_models.py"), str(out), "--steps", "12",
                              "--ckpt-every", "1", "--sleep", "0.2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while not (out / "train_state.pt").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    signal_once_written(proc, out / "train_state.pt", signal.SIGKILL, timeout=60)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert 0 < torch.load(out / "train_state.pt", weights_only=True)["step"] < 12
