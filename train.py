@@ -33,7 +33,6 @@ Not included: dropout (we train far less than one epoch), mixed-precision loss s
 needs none), gradient checkpointing.
 """
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -55,7 +54,7 @@ RUN_FLAGS = ("preset", "block_size", "batch_tokens", "max_steps", "lr", "min_lr_
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = training.ArgumentParser(description=__doc__.split("\n\n")[0])
     # data and output
     p.add_argument("--data-dir", default="out/tok", help="bpe.py output: shards and tokenizer")
     p.add_argument("--out-dir", default="out/pretrain", help="checkpoint directory")
@@ -107,6 +106,15 @@ def parse_args(argv=None):
         p.error("--min-lr-frac, --weight-decay and --grad-clip must be numbers >= 0")
     if not (0 <= args.beta1 < 1 and 0 <= args.beta2 < 1):
         p.error("--beta1 and --beta2 must lie in [0, 1)")
+    # what depends on the number of processes, checked before any process group starts
+    world = training.launched_processes()
+    if args.fsdp and world == 1:
+        p.error("--fsdp shards the model over processes: launch it with torchrun --nproc_per_node=N (N >= 2)")
+    try:
+        micro_batches_per_process(args.batch_tokens, args.micro_batch,
+                                  args.block_size or PRESETS[args.preset]["block_size"], world)
+    except StageError as e:
+        p.error(str(e))
     return args
 
 

@@ -31,11 +31,13 @@ Not included: loss scaling (bf16 needs none), ZeRO-style optimizer sharding beyo
 gives (our AdamW's moments live on each parameter's shard), gradient checkpointing.
 """
 
+import argparse
 import json
 import math
 import os
 import platform
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -165,6 +167,27 @@ class Runtime:
     @property
     def device_type(self):
         return torch.device(self.device).type
+
+
+def launched_processes():
+    """How many processes torchrun started for this run (1 without torchrun): known from the
+    environment before any process group exists, so flags can be checked against it."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for a stage torchrun may launch N times: every process parses the same flags,
+    so a usage error (and --help) is printed by rank 0 alone, not N times over, and every
+    process exits with argparse's status 2 before any process group is started."""
+
+    def print_help(self, file=None):
+        if os.environ.get("RANK", "0") == "0":
+            super().print_help(file)
+
+    def error(self, message):
+        if os.environ.get("RANK", "0") == "0":
+            super().error(message)                  # prints the usage and the message, exits 2
+        sys.exit(2)
 
 
 def check_device(device):

@@ -315,14 +315,10 @@ def test_missing_shards_give_one_line_and_exit_1(tmp_path):
     assert proc.returncode == 1 and error_line(proc).startswith("error:") and "run bpe.py first" in error_line(proc)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (("--batch-tokens", 100), "not a whole number of micro-batches"),
-    (("--block-size", 100000), "not more than the block size"),
-    (("--fsdp",), "--fsdp shards the model over processes: launch it with torchrun"),
-], ids=["batch-not-whole", "block-too-long", "fsdp-one-process"])
-def test_bad_flags(tok_dir, tmp_path, flags, message):
-    with pytest.raises(StageError, match=message):
-        train_main(tok_dir, tmp_path / "o", "--max-steps", 1, *flags)
+def test_a_block_longer_than_the_shards_is_refused(tok_dir, tmp_path):
+    with pytest.raises(StageError, match="not more than the block size"):
+        train_main(tok_dir, tmp_path / "o", "--max-steps", 1, "--block-size", 100000, "--micro-batch", 1,
+                   "--batch-tokens", 100000)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -332,11 +328,31 @@ def test_bad_flags(tok_dir, tmp_path, flags, message):
     (("--lr", "nan"), "--lr must be a positive number"),
     (("--grad-clip", "-1"), "--grad-clip must be numbers >= 0"),
     (("--beta2", "1"), "--beta1 and --beta2 must lie in"),
-], ids=["stop-after", "max-steps-0", "eval-batches-0", "lr-nan", "clip-negative", "beta-1"])
+    (("--batch-tokens", "100"), "not a whole number of micro-batches"),
+    (("--fsdp",), "--fsdp shards the model over processes: launch it with torchrun"),
+], ids=["stop-after", "max-steps-0", "eval-batches-0", "lr-nan", "clip-negative", "beta-1",
+        "batch-not-whole", "fsdp-one-process"])
 def test_flags_at_their_edges_are_usage_errors(capsys, flags, message):
     with pytest.raises(SystemExit) as e:
         train.parse_args(list(flags))
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_bad_flag_under_torchrun_is_reported_once(capsys, monkeypatch):
+    """torchrun starts N processes with the same flags: rank 0 alone prints the usage error,
+    every rank exits 2, and all of it before a process group exists. The batch is checked
+    against the number of processes (WORLD_SIZE) at parse time too."""
+    flags = ["--batch-tokens", "2048", "--micro-batch", "16", "--block-size", "64"]   # 2 micro-batches
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    for rank, printed in (("1", False), ("3", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as e:
+            train.parse_args(flags)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and ("split evenly over 4 process(es)" in err) == printed
+        assert err == "" or printed
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert train.parse_args(flags).batch_tokens == 2048                   # 1 micro-batch each
 
 
 @pytest.mark.parametrize("flags, message", [
