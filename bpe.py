@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common import StageError, atomic_open, hash_inputs, ignore_interrupts, require, run_main, sha256_file, write_meta
+from common import (StageError, atomic_open, hash_inputs, ignore_interrupts, json_field, json_type, read_json,
+                    require, run_main, sha256_file, write_meta)
 from tokenizer import PATTERNS, SHARDS_FORMAT, SHARDS_VERSION, SPECIAL_TOKENS, Tokenizer
 
 
@@ -62,7 +63,17 @@ def parse_args(argv=None):
     # the shards
     p.add_argument("--seed", type=int, default=1337, help="shuffles the documents in the shards")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="encoding processes")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+
+    least = 256 + len(SPECIAL_TOKENS)
+    if args.vocab_size < least:
+        p.error(f"--vocab-size {args.vocab_size} is below {least} (256 bytes + {len(SPECIAL_TOKENS)} "
+                f"special tokens); give at least {least}")
+    if not args.train_mb >= 0:           # a NaN fails every comparison, so it fails here too
+        p.error("--train-mb must be a number >= 0 (0 = all)")
+    if args.workers < 1:
+        p.error("--workers must be >= 1")
+    return args
 
 
 def read_corpus(data_dir):
@@ -75,24 +86,45 @@ def read_corpus(data_dir):
     inputs = hash_inputs({"corpus": path})
     meta_path = Path(data_dir) / "meta.json"
     if meta_path.exists():
-        try:
-            expected = json.loads(meta_path.read_text()).get("corpus_sha256")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            raise StageError(f"{meta_path} is damaged (not a JSON object); run data/prepare.py again") from None
+        meta = read_json(meta_path, "data/prepare.py")
+        expected = json_field(meta, "corpus_sha256", str, meta_path, "data/prepare.py", default=None)
         if expected and inputs["corpus"]["sha256"] != expected:
             raise StageError(f"{path} is not the corpus {meta_path} describes (data/prepare.py killed between "
                              f"writing them?); run data/prepare.py again")
     docs = {"train": [], "val": []}
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
-            try:
-                d = json.loads(line)
-                docs[d["split"]].append(d["text"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise StageError(f"{path}:{lineno} is not a corpus record; run data/prepare.py again") from None
+            split, text = read_corpus_line(line, f"{path}:{lineno}")
+            docs[split].append(text)
     if not docs["train"]:
         raise StageError(f"{path} has no train documents; run data/prepare.py with more input")
     return inputs, docs
+
+
+def read_corpus_line(line, where):
+    """(split, text) of one corpus line (bytes), or the line that says what is wrong with it:
+    a corpus is UTF-8 JSON Lines of {id, text, source, kind, licence, split} (CONVENTIONS.md)."""
+    again = "run data/prepare.py again, which writes valid records"
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise StageError(f"{where} is not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1}); "
+                         f"{again}") from None
+    except json.JSONDecodeError as e:
+        raise StageError(f"{where} is not JSON ({e.msg} at column {e.colno}); {again}") from None
+    if not isinstance(record, dict):
+        raise StageError(f"{where} is not a JSON object but {json_type(record)}; {again}")
+    split, text = record.get("split"), record.get("text")
+    if split not in ("train", "val"):
+        raise StageError(f'{where} has split {json.dumps(split)}; use "train" or "val" ({again})')
+    if not isinstance(text, str):
+        raise StageError(f'{where}: "text" is {json_type(text)}, not a string; {again}')
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise StageError(f"{where} holds a lone surrogate ({text[e.start]!r} at character {e.start}), which "
+                         f"is no UTF-8 text; run data/prepare.py on the file (it replaces them)") from None
+    return split, text
 
 
 # ----------------------------------------------------------------------------- the shards
@@ -150,6 +182,11 @@ def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
     out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise StageError(f"--out-dir {out} is a file; give a directory")
+    if out.resolve() == Path(args.data_dir).resolve():
+        raise StageError(f"--out-dir {out} is --data-dir: both stages write a meta.json there; "
+                         f"give another directory")
     inputs, docs = read_corpus(args.data_dir)
 
     # 1. train on a seeded sample of the train split (every source, not just the first)

@@ -6,6 +6,7 @@ own script; this file only holds the plumbing they would otherwise copy.
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -15,8 +16,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+import zipfile
+import zlib
 from importlib import metadata
 from pathlib import Path
 
@@ -40,6 +44,54 @@ def require(path, producer, what=""):
     if not path.exists():
         raise StageError(f"no {what + ' at ' if what else ''}{path}; run {producer} first")
     return path
+
+
+def read_json(path, producer):
+    """The JSON object in `path` (a meta.json), or the one line a stage owes for a missing,
+    unreadable or damaged one: what is wrong with it and `run <producer>`, the stage that
+    writes it. Callers check the fields they read (see the loaders)."""
+    path = require(path, producer)
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise StageError(f"cannot read {path} ({e.strerror}); run {producer} again") from None
+    except UnicodeDecodeError as e:
+        raise StageError(f"{path} is damaged (not UTF-8: byte 0x{e.object[e.start]:02x} at offset "
+                         f"{e.start}); run {producer} again") from None
+    except json.JSONDecodeError as e:
+        raise StageError(f"{path} is damaged (not JSON: {e.msg} at line {e.lineno} column {e.colno}); "
+                         f"run {producer} again") from None
+    if not isinstance(obj, dict):
+        raise StageError(f"{path} is damaged (JSON {json_type(obj)}, not an object); run {producer} again")
+    return obj
+
+
+def json_type(value):
+    """The JSON name of a parsed value's type, for messages about records: int, list, null..."""
+    return {type(None): "null", dict: "object", str: "string"}.get(type(value), type(value).__name__)
+
+
+_MISSING = object()
+_TYPE_NAMES = {str: "a string", dict: "an object", int: "an integer", float: "a number", list: "a list"}
+
+
+def json_field(obj, dotted, types, path, producer, default=_MISSING):
+    """obj["a"]["b"] for `dotted` "a.b", checked to be one of `types` (a bool is no number).
+    A missing field (unless a default is given) or a mistyped one is the damaged-file line,
+    naming `path` and `run <producer>`: a loader's KeyError or TypeError would say neither."""
+    types = types if isinstance(types, tuple) else (types,)
+    value = obj
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            if default is not _MISSING:
+                return default
+            raise StageError(f"{path} is damaged (no {dotted}); run {producer} again")
+        value = value[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+        raise StageError(f"{path} is damaged ({dotted} is {json_type(value)}, not {wanted}); "
+                         f"run {producer} again")
+    return value
 
 
 def run_main(main):
@@ -86,10 +138,13 @@ def atomic_open(path, mode="w", encoding="utf-8"):
         os.chmod(tmp, 0o666 & ~umask)      # mkstemp makes it private; artefacts are not
         os.replace(tmp, path)
     except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if not isinstance(e, KeyboardInterrupt) and _caused_by_interrupt(e):
             raise KeyboardInterrupt from None      # torch.save turns a Ctrl-C into a RuntimeError
+        if is_disk_full(e):
+            raise disk_full_error(path, written) from None
         raise
 
 
@@ -100,6 +155,25 @@ def _caused_by_interrupt(error):
             return True
         error = error.__context__
     return False
+
+
+def is_disk_full(error):
+    """Whether a full disk (or a full quota) is somewhere in the chain that led to `error`:
+    torch.save, for one, raises it again from inside its own error."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_error(path, written=0):
+    """The one line for a write that filled the disk: where, how far it got, what is free now
+    (after the partial file was removed), and what to do."""
+    free = shutil.disk_usage(next(p for p in Path(path).absolute().parents if p.exists())).free
+    got = f" (the file had reached {written / 1e6:.1f} MB)" if written else ""
+    return StageError(f"disk full writing {path}: {free / 1e6:.0f} MB free{got}; free some space "
+                      f"or write elsewhere (--out-dir), then run again")
 
 
 def sweep_temporaries(folder):
@@ -253,9 +327,17 @@ def fetch_npm(spec):
 
 def _download(folder, what, where, cmd):
     """Run `cmd` in a fresh temporary folder that must end up holding exactly one file, then
-    rename the folder to `folder`: the cache holds a complete download or nothing."""
+    rename the folder to `folder`: the cache holds a complete download or nothing.
+
+    The file's sha256 goes beside it (`.sha256`) and is checked on use (once per process): a
+    cached archive truncated or changed since it was downloaded (a full disk, a copy cut
+    short) is deleted and downloaded again, never read half."""
     if folder.exists():
-        return _only_file(folder)
+        problem = _cache_problem(folder)
+        if problem is None:
+            return _only_file(folder)
+        print(f"warning: the cached download {problem}; downloading it again", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir()))
     try:
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
@@ -264,6 +346,7 @@ def _download(folder, what, where, cmd):
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise StageError(f"could not download {what} from {where} ({last}); "
                              f"check the network or drop this source")
+        _record_hash(tmp, files[0])
         folder.parent.mkdir(parents=True, exist_ok=True)
         if not folder.exists():          # another process may have got there first
             tmp.rename(folder)
@@ -277,3 +360,58 @@ def _download(folder, what, where, cmd):
 def _only_file(folder):
     """The one download a cache folder holds (hidden files aside)."""
     return next(p for p in sorted(folder.iterdir()) if not p.name.startswith("."))
+
+
+_VERIFIED = set()       # (path, size, mtime) of the cached files this process has checked
+
+
+def _cache_problem(folder):
+    """None if the cache folder holds one whole download, else what is wrong with it.
+
+    With a recorded hash we compare it; a folder from before hashes were recorded is read
+    through once as an archive (what a truncated copy fails), then given its record."""
+    files = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
+    if len(files) != 1:
+        return f"folder {folder} holds {len(files)} files instead of one"
+    path = files[0]
+    stat = path.stat()
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return None
+    record = folder / ".sha256"
+    if record.exists():
+        if record.read_text().split()[:1] != [sha256_file(path)]:
+            return f"{path} is damaged (sha256 differs from the one recorded when it was downloaded)"
+    else:
+        problem = _archive_problem(path)
+        if problem:
+            return f"{path} is damaged ({problem})"
+        _record_hash(folder, path)
+    _VERIFIED.add(key)
+    return None
+
+
+def _record_hash(folder, path):
+    """Write `folder/.sha256` in sha256sum's format, for _cache_problem to check."""
+    with atomic_open(Path(folder) / ".sha256") as f:
+        f.write(f"{sha256_file(path)}  {path.name}\n")
+
+
+def _archive_problem(path):
+    """Why `path` is not a whole zip (wheel) or tar (sdist, npm) archive, or None. Reading a
+    compressed tar to its end decompresses all of it, which is what finds a truncated one."""
+    name = path.name.lower()
+    try:
+        if name.endswith((".whl", ".zip")):
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+            return f"member {bad} fails its CRC check" if bad else None
+        if name.endswith((".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")):
+            with tarfile.open(path) as tar:
+                for _ in tar:
+                    pass
+        return None
+    except zipfile.BadZipFile as e:
+        return f"not a whole zip archive: {e}"
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        return f"not a whole tar archive: {e}"

@@ -32,7 +32,6 @@ References: Vaswani et al. 2017; Radford et al. 2019 (GPT-2); Touvron et al. 202
 RMSNorm + RoPE + SwiGLU recipe); nanoGPT.
 """
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-from common import StageError, atomic_open, require, sha256_file, write_meta
+from common import StageError, atomic_open, json_field, read_json, require, sha256_file, write_meta
 from tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
@@ -394,18 +393,21 @@ def read_meta(ckpt_dir, kind=None):
     ckpt_dir = Path(ckpt_dir)
     kinds = (kind,) if isinstance(kind, str) else tuple(kind or ())
     producer = " or ".join(dict.fromkeys(KINDS[k] for k in kinds)) if kinds else "train.py (or the stage that makes it)"
-    path = require(ckpt_dir / "meta.json", producer)
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise StageError(f"{path} is not readable JSON; run {producer} again") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    path = ckpt_dir / "meta.json"
+    meta = read_json(path, producer)
+    if meta.get("format") != FORMAT:
         raise StageError(f"{ckpt_dir} is not a checkpoint directory (meta.json's format is "
-                         f"{meta.get('format') if isinstance(meta, dict) else None!r}); give a directory {producer} wrote")
+                         f"{meta.get('format')!r}); give a directory {producer} wrote")
     if meta.get("version") != VERSION:
         raise StageError(f"{ckpt_dir} is checkpoint version {meta.get('version')}, this code reads "
                          f"version {VERSION}; run {producer} again")
     meta.setdefault("kind", "base")        # version 1 wrote no kind before there was more than one
+    if not isinstance(meta["kind"], str) or meta["kind"] not in KINDS:
+        raise StageError(f"{path} is damaged (kind {meta['kind']!r} is not one of {', '.join(KINDS)}); "
+                         f"run {producer} again")
+    # the fields load_checkpoint reads, if present (older directories lack them)
+    json_field(meta, "tokenizer", dict, path, producer, default=None)
+    json_field(meta, "model_sha256", str, path, producer, default=None)
     if kinds and meta["kind"] not in kinds:
         raise StageError(f"{ckpt_dir} holds a {meta['kind']} model, this stage needs {' or '.join(kinds)}: "
                          f"give the directory {producer} wrote")

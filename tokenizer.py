@@ -49,7 +49,7 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
-from common import StageError, atomic_open, cache_dir, fetch_pypi, require
+from common import StageError, atomic_open, cache_dir, fetch_pypi, json_field, read_json, require
 
 # tiktoken's exact pre-tokenization patterns. GPT-4's (cl100k_base) splits numbers into groups
 # of at most 3 digits and keeps a word's leading punctuation or space with it.
@@ -488,19 +488,26 @@ def load_token_dir(tok_dir):
     this very tokenizer: later stages call this before reading train.bin / val.bin (flat ids,
     each document followed by <|endoftext|>, as meta["dtype"])."""
     tok_dir = Path(tok_dir)
-    meta_path = require(tok_dir / "meta.json", "bpe.py")
-    meta = json.loads(meta_path.read_text())
+    meta_path = tok_dir / "meta.json"
+    meta = read_json(meta_path, "bpe.py")
     if (meta.get("format"), meta.get("version")) != (SHARDS_FORMAT, SHARDS_VERSION):
         raise StageError(f"{meta_path} is format {meta.get('format')!r} version {meta.get('version')!r}; "
                          f"this code reads bpe.py's shards, {SHARDS_FORMAT!r} version {SHARDS_VERSION}; "
                          f"run bpe.py again")
+    # what this function and the stages after it read of meta.json, checked before use
+    tok_sha256 = json_field(meta, "tokenizer.sha256", str, meta_path, "bpe.py")
+    counts = {split: json_field(meta, f"metrics.{split}_tokens", int, meta_path, "bpe.py")
+              for split in ("train", "val")}
+    if meta.get("dtype") not in ("uint16", "uint32"):
+        raise StageError(f"{meta_path} is damaged (dtype {meta.get('dtype')!r} is not uint16 or uint32); "
+                         f"run bpe.py again")
     tokenizer = Tokenizer.load(tok_dir / "tokenizer.json")
-    if tokenizer.sha256() != meta["tokenizer"]["sha256"]:
+    if tokenizer.sha256() != tok_sha256:
         raise StageError(f"{tok_dir}/tokenizer.json does not match the tokenizer that made the "
                          f"shards (sha256 differs); run bpe.py again")
     for split in ("train", "val"):
         path = tok_dir / f"{split}.bin"
-        expected = meta["metrics"][f"{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
+        expected = counts[split] * np.dtype(meta["dtype"]).itemsize
         if not path.exists() or path.stat().st_size != expected:
             raise StageError(f"{path} is missing or truncated; run bpe.py again")
     return tokenizer, meta

@@ -56,8 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
-from common import (StageError, atomic_open, hash_inputs, ignore_interrupts, run_main, sha256_file,  # noqa: E402
-                    write_json, write_meta)
+from common import (StageError, atomic_open, disk_full_error, hash_inputs, ignore_interrupts,  # noqa: E402
+                    is_disk_full, run_main, sha256_file, write_json, write_meta)
 from data import contamination, dedup, filters, sources  # noqa: E402
 from data.report import Report, plot_report, write_report_md  # noqa: E402
 
@@ -65,6 +65,9 @@ FORMAT, VERSION = "corpus", 1
 # The order in which rules run, and so the order of the report's rows.
 RULES = ["language", "code", "gopher_quality", "gopher_repetition", "toxicity",
          "exact_duplicate", "near_duplicate", "boilerplate", "contamination"]
+# MinHash's standard error is sqrt(J(1-J)/k): at k = 4096 under 0.008, so more hash functions
+# buy nothing but time and memory (a typo of 10^7 would never finish).
+MAX_NUM_PERM = 4096
 
 
 def parse_args(argv=None):
@@ -111,12 +114,25 @@ def parse_args(argv=None):
                    help="processes for the per-document rules; 1 = no pool")
     args = p.parse_args(argv)
 
+    # `not x >= 0` rather than `x < 0`: a NaN fails every comparison and must fail here too.
+    if not 1 <= args.num_perm <= MAX_NUM_PERM:
+        p.error(f"--num-perm must be in [1, {MAX_NUM_PERM}]")
+    if args.bands < 1:
+        p.error("--bands must be >= 1")
     if args.num_perm % args.bands:
         p.error(f"--bands {args.bands} must divide --num-perm {args.num_perm}")
     if not 0 <= args.val_fraction < 1:
         p.error("--val-fraction must be in [0, 1)")
-    if args.max_mb < 0 or args.max_toxicity < 0 or args.workers < 1 or args.shingle_words < 1:
-        p.error("--max-mb and --max-toxicity must be >= 0, --workers and --shingle-words >= 1")
+    for flag in ("max_mb", "max_toxicity"):
+        if not getattr(args, flag) >= 0:
+            p.error(f"--{flag.replace('_', '-')} must be a number >= 0 (0 = off)")
+    for flag, least in (("workers", 1), ("shingle_words", 1), ("boilerplate_chars", 1), ("boilerplate_docs", 2)):
+        if getattr(args, flag) < least:
+            p.error(f"--{flag.replace('_', '-')} must be >= {least}")
+    most = 4 * (os.cpu_count() or 1)
+    if args.workers > most:
+        p.error(f"--workers {args.workers} is more than {most} (4 per core here): each is a process, "
+                f"and more than the cores is slower")
     if not 0 < args.jaccard <= 1:
         p.error("--jaccard must be in (0, 1]")
     names = [] if args.sources == "none" else [s.strip() for s in args.sources.split(",") if s.strip()]
@@ -148,8 +164,8 @@ def parse_mix(text, parser):
             weights[name.strip()] = float(value)
         except ValueError:
             parser.error(f"--mix item '{item}' is not name=weight")
-        if weights[name.strip()] < 0:
-            parser.error(f"--mix weight of {name} is negative")
+        if not 0 <= weights[name.strip()] < float("inf"):
+            parser.error(f"--mix weight of {name} must be a finite number >= 0")
     return weights
 
 
@@ -417,7 +433,12 @@ def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StageError(f"--out-dir {out_dir} is a file; give a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StageError(f"cannot create --out-dir {out_dir} ({e.strerror}); give another directory") from None
     user_files = sources.list_user_files(args.input)      # listed once; fails early on a bad path
 
     # Fetch what the run needs before any work, so a network problem fails in seconds.
@@ -446,6 +467,11 @@ def main(argv=None):
         quotas = mix_quotas(sizes, args.weights, args.max_mb * 1e6) if args.max_mb else None
         totals = mix_split_and_write(args, report, quotas, work / "deboiled.jsonl", out_dir / "corpus.jsonl",
                                      bench_ngrams)
+    except OSError as e:                 # the work files are plain writes; corpus.jsonl says itself
+        if is_disk_full(e):
+            shutil.rmtree(work, ignore_errors=True)       # first, so the line tells what is free
+            raise disk_full_error(out_dir) from None
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import StageError, fetch_npm, fetch_pypi
+from common import StageError, fetch_npm, fetch_pypi, json_type
 
 
 def decode_utf8(raw):
@@ -41,9 +41,29 @@ def decode_utf8(raw):
         return text, text.count("\ufffd") - raw.count("\ufffd".encode())
 
 
+def replace_surrogates(text):
+    """(text, number replaced) with each lone surrogate replaced by U+FFFD.
+
+    JSON can spell one ("\\ud83d", half of a UTF-16 pair cut in two); it is no Unicode
+    character and UTF-8 cannot hold it, so writing the corpus would fail. It is the invalid
+    byte of an escaped text, and is treated like one (as the tokenizer and tiktoken do)."""
+    try:
+        text.encode("utf-8")
+        return text, 0
+    except UnicodeEncodeError:
+        fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return fixed, fixed.count("\ufffd") - text.count("\ufffd")
+
+
 def make_doc(id, text, source, kind, licence, markup="text", replaced=0):
-    return {"id": id, "text": text, "source": source, "kind": kind, "licence": licence,
-            "markup": markup, "replaced": replaced}
+    """A raw document; lone surrogates in its strings are replaced and counted here, where
+    every reader passes, so that no worker meets a string it cannot encode."""
+    fields = {"id": id, "text": text, "source": source, "licence": licence}
+    for name, value in fields.items():
+        if isinstance(value, str):
+            fields[name], n = replace_surrogates(value)
+            replaced += n
+    return fields | {"kind": kind, "markup": markup, "replaced": replaced}
 
 
 # ----------------------------------------------------------------------------- default sources
@@ -303,17 +323,33 @@ def read_user_file(path):
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise StageError(f'{path}:{lineno} has no "text" string; each line must be a '
                                  f'JSON object with a "text" field')
-            kind = record.get("kind", "prose")
-            if kind not in ("prose", "code"):
-                raise StageError(f'{path}:{lineno} has kind "{kind}"; use "prose" or "code"')
+            check_user_record(record, f"{path}:{lineno}")
             yield make_doc(f"user/{path.name}/{record.get('id', lineno)}", record["text"],
-                           record.get("source", "user"), kind,
+                           record.get("source", "user"), record.get("kind", "prose"),
                            record.get("licence", "user-supplied"), replaced=replaced)
     else:
         text, replaced = decode_utf8(raw)
         kind = "code" if name.endswith(CODE_SUFFIXES) else "prose"
         markup = "html" if name.endswith((".html", ".htm")) else "text"
         yield make_doc(f"user/{path.name}", text, "user", kind, "user-supplied", markup, replaced)
+
+
+def check_user_record(record, where):
+    """Refuse a user record whose optional fields would break the corpus record's contract
+    (source and licence strings, kind prose or code) or crash the report (a list as source)."""
+    for name in ("source", "licence"):
+        value = record.get(name, "x")
+        if not isinstance(value, str):
+            raise StageError(f'{where}: "{name}" is {json_type(value)}, not a string; give a string '
+                             f'or leave the field out')
+    if not record.get("source", "x").strip():
+        raise StageError(f'{where}: "source" is empty; name the source or leave the field out')
+    if not isinstance(record.get("id", 0), (str, int)) or isinstance(record.get("id"), bool):
+        raise StageError(f'{where}: "id" is {json_type(record["id"])}, not a string or a number; '
+                         f'give one or leave the field out (the line number is used)')
+    kind = record.get("kind", "prose")
+    if kind not in ("prose", "code"):
+        raise StageError(f'{where}: "kind" is {json.dumps(kind)}; use "prose" or "code"')
 
 
 def list_user_files(paths):
