@@ -34,6 +34,7 @@ needs none), gradient checkpointing.
 """
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -106,8 +107,9 @@ def parse_args(argv=None):
         p.error("--min-lr-frac, --weight-decay and --grad-clip must be numbers >= 0")
     if not (0 <= args.beta1 < 1 and 0 <= args.beta2 < 1):
         p.error("--beta1 and --beta2 must lie in [0, 1)")
-    # what depends on the number of processes, checked before any process group starts
-    world = training.launched_processes()
+    # what depends on the number of processes (torchrun's WORLD_SIZE), checked before any
+    # process group starts
+    world = int(os.environ.get("WORLD_SIZE", 1))
     if args.fsdp and world == 1:
         p.error("--fsdp shards the model over processes: launch it with torchrun --nproc_per_node=N (N >= 2)")
     try:

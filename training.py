@@ -169,12 +169,6 @@ class Runtime:
         return torch.device(self.device).type
 
 
-def launched_processes():
-    """How many processes torchrun started for this run (1 without torchrun): known from the
-    environment before any process group exists, so flags can be checked against it."""
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
 class ArgumentParser(argparse.ArgumentParser):
     """argparse for a stage torchrun may launch N times: every process parses the same flags,
     so a usage error (and --help) is printed by rank 0 alone, not N times over, and every
