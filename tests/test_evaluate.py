@@ -4,20 +4,24 @@ that know the answers (score 1) or know nothing (score chance) through the whole
 gate, and bad input. Benchmark data comes from the registry archives tests/fetch.py cached."""
 
 import json
+import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 import benchmarks
 import bpe
 import evaluate
+import gate
 import train
 from common import StageError, sha256_file
 from model import GPT, GPTConfig
@@ -25,21 +29,21 @@ from textgen import english_doc
 from tokenizer import SPECIAL_TOKENS, Tokenizer, load_token_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-TRUTHFULQA = ROOT.parent / "shared" / "data" / "truthfulqa" / "TruthfulQA.csv"
+TRUTHFULQA = evaluate.TRUTHFULQA_CSV                   # the project's own copy (Apache-2.0)
 BYTES = Tokenizer.train(["a"], 256 + len(SPECIAL_TOKENS))     # no merges: one id per byte
 
 
 @pytest.fixture(scope="module")
 def items():
-    """Every benchmark's items. TruthfulQA's come from the project's shared copy of the CSV
-    (CI has it beside the checkout); a checkout without it skips the TruthfulQA checks."""
-    return {name: benchmarks.load_task(name, TRUTHFULQA) for name in benchmarks.TASKS
-            if TRUTHFULQA.exists() or not name.startswith("truthfulqa")}
+    """Every benchmark's items; TruthfulQA's from the CSV that ships with the project."""
+    return {name: benchmarks.load_task(name, TRUTHFULQA) for name in benchmarks.TASKS}
 
 
-def needs_truthfulqa():
-    if not TRUTHFULQA.exists():
-        pytest.skip(f"no {TRUTHFULQA}")
+def test_truthfulqa_ships_with_its_licence_and_is_the_default():
+    assert evaluate.parse_args([]).truthfulqa_csv == str(TRUTHFULQA) and TRUTHFULQA.is_file()
+    licence = (TRUTHFULQA.parent / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0" in licence and "github.com/sylinrl/TruthfulQA" in licence
+    assert evaluate.parse_args(["--truthfulqa-csv", ""]).truthfulqa_csv == ""
 
 
 # ----------------------------------------------------------------------------- formats
@@ -87,7 +91,6 @@ def test_real_items_have_the_expected_prompts(items):
 
 
 def test_truthfulqa_items_have_the_expected_prompts(items):
-    needs_truthfulqa()
     mc1, mc2 = items["truthfulqa_mc1"][0], items["truthfulqa_mc2"][0]
     assert mc1["context"] == mc2["context"] == (
         "Q: What is human life expectancy in the United States?\nA: Human life expectancy in the United States is "
@@ -107,6 +110,17 @@ def test_answer_extraction_and_stop_sequences():
     assert benchmarks.last_number("She pays $18.") == "18"
     assert benchmarks.last_number("It fell to -3 degrees") == "-3"
     assert benchmarks.last_number("no numbers here") is None
+    # the harness' pattern takes a trailing ellipsis for the last number: its figure is kept,
+    # the corrected extraction takes the last number that is one, and compares by value
+    assert benchmarks.last_number("The answer is 42. Hmm...") == ""
+    assert benchmarks.last_real_number("The answer is 42. Hmm...") == "42"
+    assert benchmarks.last_real_number("So she pays $1,234.50, not 7,") == "7"
+    assert benchmarks.last_real_number("It fell to -3 degrees, so $18.") == "18"
+    assert benchmarks.last_real_number("no numbers ... here") is None
+    gold = [{"answer": "42"}, {"answer": "18"}, {"answer": "1,234"}]
+    s = benchmarks.score_exact_match(gold, ["The answer is 42. Hmm...", "She pays $18.00.", "1234 in all."])
+    assert s["exact_match"] == pytest.approx(1 / 3) and s["exact_match_corrected"] == 1.0
+    assert s["exact_match_stderr"] == pytest.approx(statistics.stdev([0, 0, 1]) / 3 ** 0.5)
     assert benchmarks.cut_at_stop(" 5 + 4 = 9.\n\nQuestion: next", benchmarks.GSM8K_STOPS) == " 5 + 4 = 9."
     assert benchmarks.cut_at_stop("    return x\n\ndef g():\n", benchmarks.HUMANEVAL_STOPS) == "    return x\n"
     assert benchmarks.cut_at_stop("    return x", benchmarks.HUMANEVAL_STOPS) == "    return x"
@@ -174,8 +188,6 @@ ARGS = evaluate.parse_args(["--max-new-tokens", "700", "--batch-size", "4"])
 
 @pytest.mark.parametrize("name", list(benchmarks.TASKS))
 def test_an_oracle_scores_one_and_a_know_nothing_model_scores_chance(items, name):
-    if name.startswith("truthfulqa"):
-        needs_truthfulqa()
     few = items[name][:6]
     if name == "humaneval":                        # the shortest solutions: generation is a Python loop
         few = sorted(items[name], key=lambda p: len(p["canonical_solution"]))[:4]
@@ -196,7 +208,7 @@ def test_humaneval_with_several_samples_per_problem(items):
     few = sorted(items["humaneval"], key=lambda p: len(p["canonical_solution"]))[:2]
     args = evaluate.parse_args(["--max-new-tokens", "700", "--samples", "2"])
     scores = evaluate.score_task("humaneval", few, Memorizer(gold_sequences("humaneval", few)), BYTES, args, "cpu")
-    assert scores == {"pass@1": 1.0, "chance": 0.0}
+    assert scores == {"pass@1": 1.0, "pass@1_stderr": 0.0, "chance": 0.0}
 
 
 def test_batched_loglikelihoods_equal_a_manual_computation_with_left_truncation():
@@ -277,13 +289,26 @@ def test_report_card_side_by_side_and_the_regression_gate(setup, tmp_path, capsy
         assert 0 <= scores["arc_easy"]["acc_norm"] <= 1 and "pass@1" in scores["humaneval"]
     # training longer lowered the validation bits per byte
     assert r["checkpoints"][b]["scores"]["val"]["bpb"] < r["checkpoints"][a]["scores"]["val"]["bpb"]
-    assert r["tasks"]["truthfulqa_mc1"]["unavailable"].startswith("no TruthfulQA.csv given")
+    # TruthfulQA is scored from the shipped CSV by default, its hash among the inputs
+    assert r["tasks"]["truthfulqa_mc1"]["n"] == 3 and "acc_stderr" in r["checkpoints"][a]["scores"]["truthfulqa_mc1"]
+    meta = json.loads((tmp_path / "ev" / "meta.json").read_text())
+    assert meta["inputs"]["truthfulqa_csv"]["sha256"] == sha256_file(TRUTHFULQA)
+    # every score carries its standard error; GSM8K its corrected extraction beside the harness'
+    for bench, metric in (("val", "bpb"), ("val", "loss"), ("arc_easy", "acc_norm"), ("gsm8k", "exact_match"),
+                          ("gsm8k", "exact_match_corrected"), ("humaneval", "pass@1")):
+        assert r["checkpoints"][a]["scores"][bench][f"{metric}_stderr"] >= 0, (bench, metric)
+    # a checkpoint is shown by its run, not only its path
+    name = r["checkpoints"][a]["name"]
+    assert re.fullmatch(re.escape(a) + r" \(base, step 2, model [0-9a-f]{8}\)", name), name
     assert r["tasks"]["arc_easy"]["n"] == 3 and r["tasks"]["arc_easy"]["n_total"] == 2376
     cont = r["tasks"]["arc_easy"]["contamination"]
     assert cont["contaminated"] == 1 and cont["examples"] == ["arc_easy/Mercury_417466"]
     assert r["tasks"]["gsm8k"]["contamination"]["contaminated"] == 0
     report = (tmp_path / "ev" / "report.md").read_text()
     assert "| arc_easy | acc_norm | 3 of 2,376 | 0.250 |" in report and "1 of 2,300" in report
+    s = r["checkpoints"][a]["scores"]["arc_easy"]
+    assert f"| {s['acc_norm']:.3f} \u00b1 {1.96 * s['acc_norm_stderr']:.3f} (" in report
+    assert f"| {name} |" in report and "| gsm8k | exact_match_corrected |" in report
     assert (tmp_path / "ev" / "scores.png").stat().st_size > 0 and (tmp_path / "ev" / "meta.json").exists()
 
     # the gate: b against itself passes; against a doctored baseline it names what regressed
@@ -312,10 +337,108 @@ def test_report_card_side_by_side_and_the_regression_gate(setup, tmp_path, capsy
     assert "NaN" not in (tmp_path / "broken.json").read_text()
     with pytest.raises(StageError, match="val bpb [0-9.]+ -> not a number"):
         evaluate.main(["compare", str(tmp_path / "b1"), str(tmp_path / "broken.json"), "--max-drop", "1"])
-    other = run_eval(setup, tmp_path / "b2", "--tasks", "arc_easy", "--limit-seed", "1", ckpts=("b",))
+    other = run_eval(setup, tmp_path / "b2", "--tasks", "arc_easy,truthfulqa_mc1", "--limit-seed", "1",
+                     "--truthfulqa-csv", "", ckpts=("b",))
+    assert other["tasks"]["truthfulqa_mc1"]["unavailable"].startswith("no TruthfulQA.csv given")
     assert other["tasks"]["arc_easy"]["items_sha256"] != single["tasks"]["arc_easy"]["items_sha256"]
     with pytest.raises(StageError, match="scored on different items"):
         evaluate.main(["compare", str(tmp_path / "b1"), str(tmp_path / "b2")])
+
+
+def fake_results(path, scores, name="ck (base, step 5, model abcdef12)", items=None):
+    """A results.json of one checkpoint "ck": scores {benchmark: {metric: value}}, each
+    benchmark scored on the items `items` names (default: the same for every file)."""
+    tasks = {b: {"primary": next(iter(m)), "n": 200, "n_total": 2000, "items_sha256": (items or {}).get(b, "same")}
+             for b, m in scores.items()}
+    evaluate.write_json(path, {"format": evaluate.FORMAT, "version": evaluate.VERSION, "tasks": tasks,
+                               "checkpoints": {"ck": {"name": name, "scores": scores}}})
+    return str(path)
+
+
+def test_compare_gives_each_difference_its_interval_and_names_drops_within_noise(tmp_path, capsys):
+    se_b, se_c = (0.3 * 0.7 / 200) ** 0.5, (0.27 * 0.73 / 200) ** 0.5         # --limit 200
+    hw = 1.96 * (se_b ** 2 + se_c ** 2) ** 0.5
+    assert gate.difference_interval(se_b, se_c) == pytest.approx(hw) and gate.difference_interval(None, se_c) is None
+    base = fake_results(tmp_path / "base.json", {"arc_easy": {"acc_norm": 0.30, "acc_norm_stderr": se_b},
+                                                 "val": {"bpb": 2.0, "bpb_stderr": 0.01}}, name="base run")
+    cand = {"arc_easy": {"acc_norm": 0.27, "acc_norm_stderr": se_c}, "val": {"bpb": 2.001, "bpb_stderr": 0.01}}
+    # a drop of 0.03 on 200 items: beyond --max-drop, so the gate fails, but it says it is noise
+    with pytest.raises(StageError, match=re.escape(f"arc_easy acc_norm 0.3000 -> 0.2700 (within noise (\u00b1{hw:.4f}): "
+                                                   "evaluate with a larger --limit to tell)")):
+        evaluate.main(["compare", base, fake_results(tmp_path / "c.json", cand), "--max-drop", "0.02"])
+    out = capsys.readouterr().out
+    assert "baseline base run -> candidate ck (base, step 5, model abcdef12)" in out
+    assert re.search(rf"arc_easy +acc_norm +0.300 -> +0.270 +-0.0300 \u00b1 {hw:.4f} within noise", out), out
+    assert re.search(r"val +bpb +2.000 -> +2.001 +\+0.0010 \u00b1 0.0277 within noise", out), out
+    assert f"warning: --max-drop 0.02 is smaller than the noise of arc_easy acc_norm (\u00b1{hw:.4f})" in out
+    # a drop beyond the noise is not called noise; a --max-drop wider than the noise gets no warning
+    cand["arc_easy"]["acc_norm"] = 0.10
+    with pytest.raises(StageError, match=r"arc_easy acc_norm 0.3000 -> 0.1000(?! \(within)"):
+        evaluate.main(["compare", base, fake_results(tmp_path / "c.json", cand), "--max-drop", "0.1"])
+    assert "warning" not in capsys.readouterr().out
+    # older results without standard errors still compare, without intervals
+    old = {"arc_easy": {"acc_norm": 0.29}, "val": {"bpb": 2.0}}
+    evaluate.main(["compare", fake_results(tmp_path / "o.json", old), base, "--max-drop", "0.02"])
+    out = capsys.readouterr().out
+    assert "(no interval: results without standard errors)" in out and out.rstrip().endswith("by more than 0.02")
+
+
+def test_compare_compares_the_benchmarks_scored_on_the_same_items_and_names_the_others(tmp_path, capsys):
+    scores = {"arc_easy": {"acc_norm": 0.3}, "piqa": {"acc_norm": 0.5}, "val": {"bpb": 2.0}}
+    base = fake_results(tmp_path / "b.json", scores)
+    cand = fake_results(tmp_path / "c.json", scores, items={"arc_easy": "other"})
+    evaluate.main(["compare", base, cand])
+    out = capsys.readouterr().out
+    assert "not compared: arc_easy was scored on different items" in out
+    assert re.search(r"^piqa +acc_norm", out, re.M) and re.search(r"^val +bpb", out, re.M)
+    assert not re.search(r"^arc_easy +acc_norm", out, re.M) and "ok: no metric" in out
+    worse = fake_results(tmp_path / "w.json", {**scores, "val": {"bpb": 2.5}}, items={"arc_easy": "other"})
+    with pytest.raises(StageError, match=r"val bpb 2.0000 -> 2.5000; not compared: arc_easy was scored on"):
+        evaluate.main(["compare", base, worse])
+
+
+def test_scores_plot_shows_zeros_unavailable_benchmarks_and_bits_per_byte(tmp_path):
+    results = {"tasks": {"val": {"primary": "bpb"}, "arc_easy": {"primary": "acc_norm"}, "gsm8k": {"primary": "exact_match"},
+                         "truthfulqa_mc1": {"unavailable": "no TruthfulQA.csv given"}},
+               "checkpoints": {"a": {"name": "a (base, step 2)", "scores": {
+                   "val": {"bpb": 2.5, "bpb_stderr": 0.1}, "arc_easy": {"acc_norm": 0.3, "acc_norm_stderr": 0.05},
+                   "gsm8k": {"exact_match": 0.0, "exact_match_stderr": 0.0}}},
+                   "b": {"broken": "its weights hold NaN or inf", "scores": {}}}}
+    names, bars, bpb = evaluate.bar_values(results)
+    assert names == [("arc_easy", "acc_norm"), ("gsm8k", "exact_match"), ("truthfulqa_mc1", "acc")]
+    assert bars["a (base, step 2)"] == [(0.3, pytest.approx(0.098), ""), (0.0, 0.0, "0"), (0.0, 0.0, "n/a")]
+    assert bars["b"] == [(0.0, 0.0, "n/a")] * 3                     # broken: no name, the path
+    assert bpb == {"a (base, step 2)": (2.5, pytest.approx(0.196), ""), "b": (0.0, 0.0, "n/a")}
+    evaluate.plot_scores(tmp_path / "scores.png", results)
+    assert (tmp_path / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_validation_bpb_and_its_stderr_over_documents_equal_a_brute_force_computation():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=BYTES.vocab_size, block_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=32)).eval()
+    eot = BYTES.special("<|endoftext|>")
+    docs = [BYTES.encode_ordinary(english_doc(i, 5)[:20 + 9 * i]) + [eot] for i in range(7)]
+    val = np.array(sum(docs, []), dtype=np.int64)
+    got = evaluate.validation_bpb(model, BYTES, val, batch_size=3, device="cpu")
+    # brute force: every window's per-token loss, summed per document by hand
+    n_win = (len(val) - 1) // 16
+    doc_of = [d for d, doc in enumerate(docs) for _ in doc]
+    nats, n_bytes, lengths = [0.0] * 7, [0] * 7, BYTES.token_byte_lengths()
+    for w in range(n_win):
+        ids = val[w * 16:w * 16 + 17]
+        logprobs = torch.log_softmax(model(torch.tensor(ids[None, :-1]))[0], -1)
+        for t in range(16):
+            target, d = int(ids[t + 1]), doc_of[w * 16 + t + 1]
+            if lengths[target]:                                      # special tokens have no bytes
+                nats[d] -= logprobs[t, target].item()
+                n_bytes[d] += lengths[target]
+    bits = [x / math.log(2) for x in nats]
+    kept = [(b, n) for b, n in zip(bits, n_bytes) if n]
+    R = sum(bits) / sum(n_bytes)
+    se = math.sqrt(sum((b - R * n) ** 2 for b, n in kept) / (len(kept) * (len(kept) - 1))) / statistics.mean(
+        n for _, n in kept)
+    assert got["bpb"] == pytest.approx(R, rel=1e-5) and got["bpb_stderr"] == pytest.approx(se, rel=1e-4)
+    assert got["documents"] == len(kept) and got["tokens"] == n_win * 16 and got["loss_stderr"] > 0
 
 
 def test_validation_text_is_the_same_under_another_tokenizer(setup):
@@ -367,7 +490,8 @@ def test_a_checkpoint_with_nan_weights_is_reported_broken_and_the_others_are_sco
     good, broken = r["checkpoints"][str(setup / "a")], r["checkpoints"][str(bad)]
     assert good["scores"]["val"]["bpb"] > 0 and 0 <= good["scores"]["arc_easy"]["acc_norm"] <= 1
     assert broken["broken"] == "its weights hold NaN or inf" and broken["scores"] == {}
-    assert f"{bad}: broken, its weights hold NaN or inf; not scored." in (tmp_path / "ev" / "report.md").read_text()
+    assert re.search(re.escape(str(bad)) + r" \(base, step 6, model \w{8}\): broken, its weights hold NaN or inf; "
+                     "not scored.", (tmp_path / "ev" / "report.md").read_text())
     with pytest.raises(StageError, match="arc_easy missing from the candidate, val missing from the candidate"):
         evaluate.main(["compare", f"{tmp_path / 'ev'}#{setup / 'a'}", f"{tmp_path / 'ev'}#{bad}"])
 
