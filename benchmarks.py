@@ -53,8 +53,10 @@ with the project in benchmarks_data/truthfulqa/ beside its licence.
 import csv
 import gzip
 import json
+import os
 import random
 import re
+import sys
 import zipfile
 from dataclasses import dataclass
 from decimal import Decimal
@@ -458,6 +460,21 @@ def humaneval_program(problem, completion):
             f"check({problem['entry_point']})\n")
 
 
+def humaneval_sandbox():
+    """What the sandbox cannot enforce here, before any program runs. As root the jail must be
+    whole: if any part of it cannot be built (root without CAP_SYS_ADMIN in a container), the
+    programs are not run and HumanEval is unavailable, rather than every sample "failing" into
+    a pass@1 of 0. As an ordinary user the programs run under the limits that do hold, and
+    the gaps are printed and recorded."""
+    gaps = sandbox.isolation()
+    if gaps and os.geteuid() == 0:
+        raise Unavailable(f"the sandbox's jail could not be built here ({gaps[0]}); the programs "
+                          f"were not run")
+    for gap in gaps:
+        print(f"humaneval: sandbox does not enforce {gap}", file=sys.stderr)
+    return gaps
+
+
 def score_humaneval(problems, completions, ks=(1, 10), timeout=10.0):
     """Run every completion in the sandbox. completions[task_id] is a list of n completions.
 
@@ -469,6 +486,9 @@ def score_humaneval(problems, completions, ks=(1, 10), timeout=10.0):
     for problem in tqdm(problems, desc="humaneval: run", unit="problem", mininterval=1, leave=False):
         samples = completions[problem["task_id"]]
         results = [sandbox.run(humaneval_program(problem, c), timeout=timeout) for c in samples]
+        if any(r.status == sandbox.NOT_ISOLATED for r in results):     # the jail broke mid-run
+            raise Unavailable(f"the sandbox could not isolate a program of {problem['task_id']} "
+                              f"({next(r.stderr for r in results if r.status == sandbox.NOT_ISOLATED)})")
         per_problem.append({"task_id": problem["task_id"], "n": len(samples),
                             "passed": sum(r.passed for r in results),
                             "statuses": [r.status for r in results]})

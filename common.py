@@ -339,6 +339,8 @@ def _download(folder, what, where, cmd):
         print(f"warning: the cached download {problem}; downloading it again", file=sys.stderr)
         shutil.rmtree(folder, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache_dir()))
+    # a download can take minutes and the tool is silent: say what the wait is for
+    print(f"downloading {what} from {where} (once: cached in {folder.parent})", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=900)
         files = sorted(tmp.iterdir())

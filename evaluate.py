@@ -446,6 +446,7 @@ def main(argv=None):
             continue
         try:
             all_items[name] = benchmarks.load_task(name, args.truthfulqa_csv)
+            gaps = benchmarks.humaneval_sandbox() if benchmarks.TASKS[name].kind == "code" else None
         except benchmarks.Unavailable as e:
             tasks[name] = {"unavailable": str(e)}
             print(f"{name}: unavailable ({e})")
@@ -454,6 +455,8 @@ def main(argv=None):
         ids = "\n".join(str(it["id"]) for it in scored[name])
         tasks[name] = {"primary": benchmarks.TASKS[name].metrics[0], "n": len(scored[name]), "n_total": len(all_items[name]),
                        "items_sha256": hashlib.sha256(ids.encode()).hexdigest()}
+        if gaps is not None:
+            tasks[name]["sandbox_unenforced"] = gaps
     if args.corpus and all_items:
         if not Path(args.corpus).is_file():
             raise StageError(f"no corpus at {args.corpus} for the contamination check; run data/prepare.py "
@@ -475,7 +478,11 @@ def main(argv=None):
                 tasks["val"].update(n=scores["val"]["tokens"], n_total=scores["val"]["tokens"], items_sha256=text_sha)
             elif name in scored:
                 t = time.time()
-                s = scores[name] = score_task(name, scored[name], model, tokenizer, args, device)
+                try:
+                    s = scores[name] = score_task(name, scored[name], model, tokenizer, args, device)
+                except benchmarks.Unavailable as e:         # the sandbox broke: not scored, said
+                    print(f"{path}  {name}: not scored ({e})")
+                    continue
                 primary = tasks[name]["primary"]
                 print(f"{path}  {name:15s} {primary} {format_with_interval(s[primary], stderr_of(s, primary))} "
                       f"(chance {s['chance']:.3f}, n {len(scored[name])}, {time.time() - t:.0f} s)")

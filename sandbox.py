@@ -59,6 +59,7 @@ import errno
 import functools
 import os
 import platform
+import random
 import re
 import resource
 import shutil
@@ -237,10 +238,33 @@ def _enter_limits(limits, evaluator_pid):
     _die_with(evaluator_pid)
 
 
+_UID_ORDER = random.Random()        # its own generator: a caller's random.seed() stays undisturbed
+
+
+def _uids_in_use():
+    """The uids of every process on the machine, zombies included: a fork bomb's children,
+    killed but not yet reaped by an init that reaps slowly (a container's), still count
+    against RLIMIT_NPROC, and a run given their uid could not even start."""
+    uids = set()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                uids.add(entry.stat().st_uid)
+            except FileNotFoundError:
+                pass
+    return uids
+
+
 def _lease_uid():
-    """(uid, lease): a uid of UIDS no other run holds, while `lease` stays open. The lease is
-    a socket bound to an abstract UNIX address named for the uid (see the docstring, step 8)."""
-    for uid in UIDS:
+    """(uid, lease): a uid of UIDS that no other run holds and no process has, while `lease`
+    stays open. The lease is a socket bound to an abstract UNIX address named for the uid
+    (see the docstring, step 8). The search starts at a random uid, so a uid just freed is
+    rarely the next one leased."""
+    busy, start = _uids_in_use(), _UID_ORDER.randrange(len(UIDS))
+    for i in range(len(UIDS)):
+        uid = UIDS[(start + i) % len(UIDS)]
+        if uid in busy:
+            continue
         lease = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             lease.bind(f"\0llmpipe-sandbox-uid-{uid}")

