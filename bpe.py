@@ -18,7 +18,7 @@ Writes: out/tok/tokenizer.json   the tokenizer (versioned, human-readable)
         out/tok/meta.json        vocabulary, dtype, token counts, bytes per token, hashes
 
 Run:
-    python bpe.py                              # 8,192 tokens, trained on 4 MB sampled from the train split
+    python bpe.py                              # 8,192 tokens from 4 MB of the train split, 15-20 s
     python bpe.py --vocab-size 16384 --train-mb 0 --pattern gpt2
 
 Later stages read the output with `tokenizer.load_token_dir("out/tok")`, never by importing

@@ -25,7 +25,7 @@ Reads:  <ckpt>/model.pt, tokenizer.json, meta.json (any stage), out/tok/val.bin 
 Writes: out/eval/results.json, report.md, scores.png, meta.json
 
 Run:
-    python evaluate.py --ckpt out/pretrain --limit 100          # a quick report card
+    python evaluate.py --ckpt out/pretrain --limit 200          # run.sh's report card, 2.5-3 minutes on 2 cores
     python evaluate.py --ckpt out/pretrain out/sft --limit 0    # full benchmarks, side by side
     python evaluate.py --tasks mmlu,gsm8k,truthfulqa_mc2 --truthfulqa-csv ''   # '': TruthfulQA unavailable
     python evaluate.py compare out/eval_base/results.json out/eval/results.json --max-drop 0.02
@@ -452,6 +452,7 @@ def main(argv=None):
             print(f"{name}: unavailable ({e})")
             continue
         scored[name] = benchmarks.select(all_items[name], args.limit, args.limit_seed)
+        print(f"{name}: {len(all_items[name]):,} items read from its archive, {len(scored[name]):,} to score", flush=True)
         ids = "\n".join(str(it["id"]) for it in scored[name])
         tasks[name] = {"primary": benchmarks.TASKS[name].metrics[0], "n": len(scored[name]), "n_total": len(all_items[name]),
                        "items_sha256": hashlib.sha256(ids.encode()).hexdigest()}

@@ -19,7 +19,7 @@ Writes: out/pretrain/model.pt, tokenizer.json, meta.json (kind "base": the check
         log.jsonl, loss.png, lr.png
 
 Run:
-    python train.py                                       # tiny preset, CPU, a few minutes
+    python train.py                                       # tiny preset, 2 CPU cores, 5.5-7 minutes
     python train.py --resume                              # continue a killed run, bit for bit
     torchrun --standalone --nproc_per_node=8 train.py --preset gpt2 --batch-tokens 524288
     torchrun --standalone --nproc_per_node=8 train.py --preset gpt2-large --fsdp   # sharded
@@ -66,7 +66,7 @@ def parse_args(argv=None):
     # model
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size")
     p.add_argument("--block-size", type=int, default=0, help="context length; 0 = the preset's")
-    # batch and schedule (the defaults are the tiny CPU run of run.sh: 1.3M tokens in ~5.5 minutes)
+    # batch and schedule (the defaults are the tiny CPU run of run.sh: 1.3M tokens in 5.5-7 minutes)
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per optimizer step, all processes together")
     p.add_argument("--micro-batch", type=int, default=16, help="sequences per forward pass per process")
     p.add_argument("--max-steps", type=int, default=160, help="optimizer steps")

@@ -28,7 +28,7 @@ Writes: out/data/corpus.jsonl   one {id, text, source, kind, licence, split} per
         out/data/meta.json      arguments, thresholds, input hashes, metrics
 
 Run:
-    python data/prepare.py                          # the default corpus (~40 MB of text; corpus.jsonl ~43 MB)
+    python data/prepare.py                          # the default corpus (~40 MB of text), 1 minute on 2 cores
     python data/prepare.py --max-mb 2               # a small mixture for a quick run
     python data/prepare.py --sources none --input my_texts/ crawl.warc.wet.gz
 
