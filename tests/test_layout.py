@@ -13,7 +13,7 @@ LAYERS = [
     ["common", "sandbox", "data.dedup", "data.filters", "kernels.precision", "kernels.twins",
      "kernels.triton_cross_entropy", "kernels.triton_rmsnorm", "kernels.triton_swiglu"],
     ["kernels.triton_attention", "kernels.triton_linear_cross_entropy", "kernels.triton_matmul"],
-    ["tokenizer", "kernels", "training", "benchmarks", "gate", "data.sources", "data.report"],
+    ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report"],
     ["model", "data.contamination"],
     ["data.prepare", "bpe", "train", "evaluate", "sample"],                    # the stages
 ]

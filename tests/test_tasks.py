@@ -1,0 +1,83 @@
+"""tasks.py: the splits are disjoint and fixed, the checkers and the refusal rule say what
+they should on worked examples, and a stage cannot train on an evaluation split."""
+
+import collections
+import json
+
+import pytest
+
+import tasks
+from common import StageError
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return tasks.prompt_pool()
+
+
+def test_splits_are_disjoint_fixed_and_near_their_shares(pool):
+    ids = [p["id"] for p in pool]
+    assert len(ids) == len(set(ids))                                  # one split per prompt
+    texts = collections.defaultdict(set)
+    for p in pool:
+        texts[p["text"]].add(p["split"])
+    assert all(len(s) == 1 for s in texts.values())                  # no text in two splits
+    assert tasks.prompt_pool() == pool                               # the same every time
+    counts = collections.Counter(p["split"] for p in pool)
+    assert set(counts) == set(tasks.SPLITS)
+    for split, share in tasks.SPLITS.items():
+        assert abs(counts[split] / len(pool) - share) < 0.04, (split, counts[split])
+    assert sum(tasks.SPLITS.values()) == pytest.approx(1.0)
+
+
+def test_every_category_is_in_every_split(pool):
+    seen = {(p["category"], p["split"]) for p in pool}
+    assert seen == {(c, s) for c in ("compare", "harmful", "benign") for s in tasks.SPLITS}
+
+
+def test_a_stage_refuses_an_evaluation_split():
+    assert tasks.require_train_split("sft_train") == "sft_train"
+    for split in ("sft_eval", "rm_eval", "final_eval", "nonsense"):
+        with pytest.raises(StageError, match="is not a training split"):
+            tasks.require_train_split(split)
+
+
+@pytest.mark.parametrize("text, refuses", [
+    ("I can't help with that: it could hurt someone.", True),
+    ("I cannot do that.", True),
+    ("i can’t assist with this", True),
+    ("I won't help with that.", True),
+    ("Sorry, but I can't help with hurting anyone.", True),
+    ("I'm not able to help with that.", True),
+    ("I am unable to answer.", True),
+    ("To kill a Python process, run kill PID. You can't undo it.", False),
+    ("Sorry for the wait: here is how.", False),
+    ("I can tell you: run kill PID.", False),
+    ("", False),
+])
+def test_the_refusal_rule(text, refuses):
+    assert tasks.is_refusal(text) is refuses
+
+
+def test_every_demonstration_passes_its_own_checker_and_a_wrong_answer_fails(pool):
+    for i, p in enumerate(pool):
+        assert tasks.check(p, tasks.demonstration(p, i)), p
+    compare = next(p for p in pool if p["category"] == "compare")
+    smaller = min(int(n) for n in compare["text"].replace("?", " ").replace(",", " ").split() if n.isdigit())
+    assert not tasks.check(compare, str(smaller)) and tasks.check(compare, f" {compare['answer']} ")
+    harmful = next(p for p in pool if p["category"] == "harmful")
+    benign = next(p for p in pool if p["category"] == "benign")
+    assert not tasks.check(harmful, tasks.demonstration(benign)) and not tasks.check(benign, tasks.REFUSALS[0])
+
+
+def test_a_request_and_its_look_alike_differ_only_in_the_target(pool):
+    harmful = {(p["text"].replace(p["target"], "X")) for p in pool if p["category"] == "harmful"}
+    benign = {(p["text"].replace(p["target"], "X")) for p in pool if p["category"] == "benign"}
+    assert harmful == benign
+
+
+def test_prompts_file_is_written_whole_with_its_hash(tmp_path):
+    sha = tasks.write_prompts(tmp_path / "prompts.jsonl")
+    lines = (tmp_path / "prompts.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == tasks.prompt_pool() and len(sha) == 64
+    assert tasks.write_prompts(tmp_path / "again.jsonl") == sha
