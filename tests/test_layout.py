@@ -14,7 +14,7 @@ LAYERS = [
      "kernels.triton_cross_entropy", "kernels.triton_rmsnorm", "kernels.triton_swiglu"],
     ["kernels.triton_attention", "kernels.triton_linear_cross_entropy", "kernels.triton_matmul"],
     ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report"],
-    ["model", "data.contamination"],
+    ["model", "demos", "data.contamination"],
     ["data.prepare", "bpe", "train", "evaluate", "sample"],                    # the stages
 ]
 STAGES = set(LAYERS[-1])

