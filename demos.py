@@ -19,7 +19,7 @@ Also: `read_user_demonstrations(path)`, a user's own JSON Lines of {"messages": 
 clear line for a bad one: not JSON, not a conversation, an unknown role, an empty or missing
 assistant turn), and `decontaminate`, which drops every conversation sharing a 13-word
 sequence with a scored benchmark (on these sources: 4 ChatterBot dialogues, 1 SQuAD item and
-74 MATH problems, all but MATH's against HumanEval or MMLU).
+74 MATH problems, against HumanEval and MMLU).
 
 References: Joshi et al. 2017 (TriviaQA); Kwiatkowski et al. 2019, Lee et al. 2019 (NQ-open);
 Rajpurkar et al. 2016 (SQuAD); the ChatterBot corpus (Cox, BSD-3); Reddy et al. 2019 (CoQA); Hendrycks et al. 2021 (MATH).
