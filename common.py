@@ -148,23 +148,26 @@ def atomic_open(path, mode="w", encoding="utf-8"):
         raise
 
 
+def _chain(error):
+    """`error` and the exceptions that led to it (what it was raised from, or during): a
+    library such as torch.save raises its own error from inside a Ctrl-C or a full disk."""
+    todo, seen = [error], set()
+    while todo:
+        e = todo.pop()
+        if e is not None and id(e) not in seen:
+            seen.add(id(e))
+            yield e
+            todo += [e.__context__, e.__cause__]
+
+
 def _caused_by_interrupt(error):
     """Whether a Ctrl-C is somewhere in the chain of exceptions that led to `error`."""
-    while error is not None:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        error = error.__context__
-    return False
+    return any(isinstance(e, KeyboardInterrupt) for e in _chain(error))
 
 
 def is_disk_full(error):
-    """Whether a full disk (or a full quota) is somewhere in the chain that led to `error`:
-    torch.save, for one, raises it again from inside its own error."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    """Whether a full disk (or a full quota) is somewhere in the chain that led to `error`."""
+    return any(isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in _chain(error))
 
 
 def disk_full_error(path, written=0):
@@ -188,6 +191,17 @@ def sweep_temporaries(folder):
                 p.unlink()
                 removed.append(p.name)
     return removed
+
+
+def fix_surrogates(text):
+    """`text` with each lone surrogate replaced by U+FFFD, as tiktoken does. JSON can spell one
+    ("\\ud83d", half of a UTF-16 pair cut in two); it is no Unicode character and UTF-8
+    cannot hold it, so it is treated like an invalid byte."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def finite_or_none(obj):

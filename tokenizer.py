@@ -49,7 +49,7 @@ import numpy as np
 import regex
 from tqdm import tqdm
 
-from common import StageError, atomic_open, cache_dir, fetch_pypi, json_field, read_json, require
+from common import StageError, atomic_open, cache_dir, fetch_pypi, fix_surrogates, json_field, read_json, require
 
 # tiktoken's exact pre-tokenization patterns. GPT-4's (cl100k_base) splits numbers into groups
 # of at most 3 digits and keeps a word's leading punctuation or space with it.
@@ -436,15 +436,6 @@ class Tokenizer:
         """The tokenizer's identity, which meta.json files record: the hash of `to_dict()`
         (ranks, pattern, specials, merges), so two equal tokenizers hash alike."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
-
-
-def fix_surrogates(text):
-    """Lone surrogates cannot be UTF-8: like tiktoken, replace them with U+FFFD."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def escape_bytes(token):

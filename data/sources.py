@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import StageError, fetch_npm, fetch_pypi, json_type
+from common import StageError, fetch_npm, fetch_pypi, fix_surrogates, json_type
 
 
 def decode_utf8(raw):
@@ -41,28 +41,14 @@ def decode_utf8(raw):
         return text, text.count("\ufffd") - raw.count("\ufffd".encode())
 
 
-def replace_surrogates(text):
-    """(text, number replaced) with each lone surrogate replaced by U+FFFD.
-
-    JSON can spell one ("\\ud83d", half of a UTF-16 pair cut in two); it is no Unicode
-    character and UTF-8 cannot hold it, so writing the corpus would fail. It is the invalid
-    byte of an escaped text, and is treated like one (as the tokenizer and tiktoken do)."""
-    try:
-        text.encode("utf-8")
-        return text, 0
-    except UnicodeEncodeError:
-        fixed = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        return fixed, fixed.count("\ufffd") - text.count("\ufffd")
-
-
 def make_doc(id, text, source, kind, licence, markup="text", replaced=0):
     """A raw document; lone surrogates in its strings are replaced and counted here, where
     every reader passes, so that no worker meets a string it cannot encode."""
     fields = {"id": id, "text": text, "source": source, "licence": licence}
     for name, value in fields.items():
         if isinstance(value, str):
-            fields[name], n = replace_surrogates(value)
-            replaced += n
+            fields[name] = fix_surrogates(value)
+            replaced += fields[name].count("\ufffd") - value.count("\ufffd")
     return fields | {"kind": kind, "markup": markup, "replaced": replaced}
 
 
