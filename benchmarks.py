@@ -53,7 +53,6 @@ with the project in benchmarks_data/truthfulqa/ beside its licence.
 import csv
 import gzip
 import json
-import os
 import random
 import re
 import sys
@@ -467,7 +466,7 @@ def humaneval_sandbox():
     a pass@1 of 0. As an ordinary user the programs run under the limits that do hold, and
     the gaps are printed and recorded."""
     gaps = sandbox.isolation()
-    if gaps and os.geteuid() == 0:
+    if gaps and sandbox.privileged():
         raise Unavailable(f"the sandbox's jail could not be built here ({gaps[0]}); the programs "
                           f"were not run")
     for gap in gaps:
@@ -486,9 +485,9 @@ def score_humaneval(problems, completions, ks=(1, 10), timeout=10.0):
     for problem in tqdm(problems, desc="humaneval: run", unit="problem", mininterval=1, leave=False):
         samples = completions[problem["task_id"]]
         results = [sandbox.run(humaneval_program(problem, c), timeout=timeout) for c in samples]
-        if any(r.status == sandbox.NOT_ISOLATED for r in results):     # the jail broke mid-run
-            raise Unavailable(f"the sandbox could not isolate a program of {problem['task_id']} "
-                              f"({next(r.stderr for r in results if r.status == sandbox.NOT_ISOLATED)})")
+        broken = next((r for r in results if r.status == sandbox.NOT_ISOLATED), None)
+        if broken:                                                     # the jail broke mid-run
+            raise Unavailable(f"the sandbox could not isolate a program of {problem['task_id']} ({broken.stderr})")
         per_problem.append({"task_id": problem["task_id"], "n": len(samples),
                             "passed": sum(r.passed for r in results),
                             "statuses": [r.status for r in results]})

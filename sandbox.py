@@ -122,8 +122,8 @@ class _Jail:
     report_fd: int           # the child writes why its set-up failed here, then exits
 
 
-def _privileged():
-    """True when we can build the jail's namespaces ourselves (a hook for the tests)."""
+def privileged():
+    """True when the jail can be built here (root); without it, limits only. A hook for tests."""
     return os.geteuid() == 0
 
 
@@ -397,7 +397,7 @@ def run(code, timeout=10.0, cpu_seconds=10, memory_mb=1024, output_bytes=1_000_0
     if not (isinstance(disk_mb, int) and disk_mb > 0):       # tmpfs would read size=0 as unlimited
         raise ValueError(f"disk_mb must be a positive whole number of megabytes, not {disk_mb!r}")
     limits = (cpu_seconds, memory_mb << 20, output_bytes)
-    if _privileged():
+    if privileged():
         return _run_jailed(code, timeout, limits, disk_mb)
     return _run_unjailed(code, timeout, limits)
 
@@ -407,7 +407,7 @@ def isolation():
     """The protections this machine cannot enforce, as "protection: why" lines; [] is the full
     jail. Probed once (a trivial program run in the jail) and cached: call it before scoring,
     and refuse to score, or say what is not enforced, when it is not empty."""
-    if not _privileged():
+    if not privileged():
         return list(UNPRIVILEGED)
     probe = run("pass", timeout=30)
     if probe.status == NOT_ISOLATED:

@@ -527,11 +527,11 @@ def test_humaneval_is_not_scored_when_the_sandbox_cannot_isolate(setup, tmp_path
     ordinary user the programs run under the limits that hold, and the gaps are recorded."""
     gaps = ["network: entering new namespaces failed: unshare(net, mount, IPC): Operation not permitted"]
     monkeypatch.setattr(sandbox, "isolation", lambda: gaps)
-    monkeypatch.setattr(benchmarks.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(sandbox, "privileged", lambda: True)
     r = run_eval(setup, tmp_path / "root", "--tasks", "humaneval", ckpts=("a",))
     assert "the sandbox's jail could not be built here" in r["tasks"]["humaneval"]["unavailable"]
     assert "humaneval" not in r["checkpoints"][str(setup / "a")]["scores"]
-    monkeypatch.setattr(benchmarks.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(sandbox, "privileged", lambda: False)
     r = run_eval(setup, tmp_path / "user", "--tasks", "humaneval", "--limit", "1", ckpts=("a",))
     assert r["tasks"]["humaneval"]["sandbox_unenforced"] == gaps
     assert "sandbox does not enforce network" in capsys.readouterr().err

@@ -190,7 +190,7 @@ def test_stale_working_directories_are_swept(tmp_path, monkeypatch):
     """Without namespaces (an ordinary user) the working directory lives on the host, named
     for the evaluator's pid; one whose evaluator is dead is removed by the next run."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(sandbox, "_privileged", lambda: False)
+    monkeypatch.setattr(sandbox, "privileged", lambda: False)
     dead = subprocess.Popen(["true"])
     dead.wait()
     stale, live = tmp_path / f"llmpipe-sandbox-{dead.pid}-abc", tmp_path / f"llmpipe-sandbox-{os.getpid()}-def"
@@ -277,7 +277,7 @@ def test_a_jail_that_cannot_be_set_up_is_unmistakable(monkeypatch, fresh_probe):
 def test_the_probe_says_what_is_enforced(monkeypatch, fresh_probe):
     if os.geteuid() == 0:
         assert fresh_probe() == []                                  # the full jail
-    monkeypatch.setattr(sandbox, "_privileged", lambda: False)
+    monkeypatch.setattr(sandbox, "privileged", lambda: False)
     sandbox.isolation.cache_clear()
     gaps = fresh_probe()
     assert {g.split(":")[0] for g in gaps} >= {"network", "file system", "own uid"}
