@@ -23,7 +23,7 @@ One entry point per job:
                             (B*T, V) logits are never stored): what a training step calls, so
                             that DDP, FSDP and torch.compile, which wrap `forward`, see it
     scores(idx)             a scalar per position from the scalar head (reward, value models)
-    generate(prompts, ...)  sampling with a KV cache
+    generate(prompts, ...)  sampling with a KV cache; stream(...) yields the tokens as they come
 Targets of IGNORE_INDEX (-100) carry no loss (SFT masks prompts that way); next_token_loss
 gives the same loss from logits where both are wanted. `save_checkpoint` / `load_checkpoint`
 are the one checkpoint format of every stage (model.pt, tokenizer.json, meta.json with a kind).
@@ -255,13 +255,28 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
                  stop_tokens=(), generator=None):
-        """Sample continuations of a batch of prompts (lists of ids, any lengths).
+        """Sample continuations of a batch of prompts (lists of ids, any lengths): the new
+        tokens of each, up to and including its first stop token, or max_new_tokens of them.
+        temperature 0 = greedy; top_k 0 and top_p 1 = off. (stream() yields them as they come.)"""
+        out = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        for nxt in self.stream(prompts, max_new_tokens, temperature, top_k, top_p, stop_tokens, generator):
+            for b, t in enumerate(nxt):
+                if not done[b]:
+                    out[b].append(t)
+                    done[b] = t in stop_tokens
+        return out
+
+    @torch.no_grad()
+    def stream(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
+               stop_tokens=(), generator=None):
+        """Yield the next token of every prompt, a list of B ids per step, until every
+        sequence has produced a stop token or max_new_tokens steps have passed (a sequence
+        that has stopped keeps yielding tokens, which the caller drops).
 
         Prompts are left-padded to a common length; padded keys are masked out, and since
         rotary embeddings only see distances, the padding shifts nothing. Each step feeds one
-        token per sequence and attends to the KV cache. A sequence stops at a stop token (kept)
-        or after max_new_tokens. temperature 0 = greedy; top_k 0 and top_p 1 = off.
-        Returns the new tokens of each prompt.
+        token per sequence and attends to the KV cache.
         """
         cfg, device = self.config, self.tok_emb.weight.device
         B, P = len(prompts), max(len(p) for p in prompts)
@@ -278,8 +293,7 @@ class GPT(nn.Module):
         dtype = self.tok_emb.weight.dtype
         caches = [KVCache(B, cfg.n_kv_head, P + max_new_tokens, cfg.head_dim, device, dtype)
                   for _ in range(cfg.n_layer)]
-        out = [[] for _ in range(B)]
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        done = [False] * B
         pos, x = 0, idx
         for _ in range(max_new_tokens):
             T = x.shape[1]
@@ -291,14 +305,12 @@ class GPT(nn.Module):
             logits = self.lm_head(self.hidden(x, caches, mask, start=pos))        # (B, T, V)
             pos += T
             nxt = sample_next(logits[:, -1].float(), temperature, top_k, top_p, generator)  # (B,)
-            for b in range(B):
-                if not done[b]:
-                    out[b].append(int(nxt[b]))
-                    done[b] = int(nxt[b]) in stop_tokens
-            if done.all():
-                break
+            tokens = nxt.tolist()
+            yield tokens
+            done = [d or t in stop_tokens for d, t in zip(done, tokens)]
+            if all(done):
+                return
             x = nxt[:, None]
-        return out
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
@@ -339,14 +351,17 @@ def next_token_loss(logits, targets):
 
 
 def bits_per_byte(logits, targets, byte_lengths):
-    """(summed next-token loss in nats, UTF-8 bytes of the targets), special tokens excluded.
+    """(summed next-token loss in nats, UTF-8 bytes of the targets), special tokens and
+    targets of IGNORE_INDEX (SFT's prompts) excluded.
 
     bits per byte = nats / (ln 2 * bytes): unlike loss per token it does not depend on the
     tokenizer, so models with different vocabularies can be compared. Sum both over batches,
     then divide once: `nats / (math.log(2) * n_bytes)`.
     """
-    nats = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
-    n_bytes = byte_lengths.to(targets.device)[targets.reshape(-1)]
+    targets = targets.reshape(-1)
+    nats = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets, reduction="none",
+                           ignore_index=IGNORE_INDEX)
+    n_bytes = byte_lengths.to(targets.device)[targets.clamp(min=0)] * (targets != IGNORE_INDEX)
     keep = n_bytes > 0
     return nats[keep].sum().item(), n_bytes[keep].sum().item()
 

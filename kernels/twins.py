@@ -19,8 +19,10 @@ def swiglu(a, b):
 
 def cross_entropy(logits, targets, ignore_index=-100):
     """Mean next-token cross-entropy over the rows whose target is not ignore_index.
-    logits (N, V), targets (N,)."""
-    return F.cross_entropy(logits.float(), targets, ignore_index=ignore_index)
+    logits (N, V), targets (N,). With no such row the mean is 0, not 0/0 (a batch that
+    supervises nothing, in SFT, must not turn the step into NaN), as in the Triton kernel."""
+    total = F.cross_entropy(logits.float(), targets, ignore_index=ignore_index, reduction="sum")
+    return total / (targets != ignore_index).sum().clamp(min=1)
 
 
 def linear_cross_entropy(h, weight, targets, ignore_index=-100):
