@@ -13,11 +13,26 @@ trained for minutes, score near chance:
     generation      GSM8K (greedy, exact match of the final number) and HumanEval (n samples per
                     problem, run in sandbox.py, pass@k with the unbiased estimator)
 
+Prompt formats (--format). The harness' format is plain text: the prompt starts a document,
+as pretraining data does, and the answer continues it. A chat model (meta.json kind chat, and the
+later kinds made from one) is asked the way it was trained to be asked: in the chat format the
+benchmark's prompt (few-shot examples and all) is one user turn, rendered by the one chat
+template (tokenizer.render_prompt), and the answer is the assistant's turn:
+    mc, mc2   log P(choice | <|endoftext|><|user|> context <|end|><|assistant|>), the choice without
+              its leading space (it starts the turn), acc_norm per character of what was scored
+    GSM8K     greedy until <|end|>, then cut at the task's stops as in the harness' format
+    HumanEval always the harness' format: it completes a function body, which is not a turn
+    val       always plain text (bits per byte of the validation documents)
+--format auto picks chat for every kind but base; every score records the format it was made in
+("format") and the report marks it, since a change of format alone moves scores.
+
 Every score sits beside its chance level and its centred value (score - chance) / (1 - chance),
 so "0.26 on MMLU" reads as what it is: chance, and beside its standard error ("{metric}_stderr";
 the report's +- is 1.96 of it): the harness' for benchmarks, over documents for bits per byte.
 Each benchmark also gets a contamination check: the fraction of its items sharing a 13-word
-sequence with the training split of the corpus.
+sequence with the training split of the corpus. And every checkpoint answers measure.PANEL's ten
+fixed prompts greedily in the chat layout (results.json's "panel", report.md's Panel section):
+the guard against a metric that lies. report_card.py writes report.md and scores.png.
 
 Reads:  <ckpt>/model.pt, tokenizer.json, meta.json (any stage), out/tok/val.bin (bpe.py),
         out/data/corpus.jsonl (data/prepare.py, for contamination), registry archives
@@ -28,15 +43,16 @@ Run:
     python evaluate.py --ckpt out/pretrain --limit 200          # run.sh's report card, 2.5-3 minutes on 2 cores
     python evaluate.py --ckpt out/pretrain out/sft --limit 0    # full benchmarks, side by side
     python evaluate.py --tasks mmlu,gsm8k,truthfulqa_mc2 --truthfulqa-csv ''   # '': TruthfulQA unavailable
+    python evaluate.py --ckpt out/pretrain out/sft --format harness   # both in the base's format
     python evaluate.py compare out/eval_base/results.json out/eval/results.json --max-drop 0.02
 
 References: lm-evaluation-harness (Gao et al. 2023) for formats and metrics; Chen et al. 2021
 (HumanEval, pass@k); Brown et al. 2020 App. C (13-gram contamination); the benchmarks' papers
 are cited in benchmarks.py.
 
-Not included: chat-formatted prompting (the report card scores base models the harness' way;
-a chat model can be scored the same way), multi-GPU sharding of the items, and the red-team
-suites (a later stage of this script).
+Not included: few-shot examples as earlier turns of the conversation (the chat format puts the
+harness' whole prompt into one user turn, so both formats see the same words), a system prompt,
+multi-GPU sharding of the items, and the red-team suites (a later stage of this script).
 """
 
 import argparse
@@ -51,16 +67,18 @@ import torch
 from tqdm import tqdm
 
 import benchmarks
-from common import StageError, atomic_open, hash_inputs, pick_device, run_main, save_figure, write_json, write_meta
+import measure
+from common import StageError, hash_inputs, pick_device, run_main, write_json, write_meta
 from data.contamination import contamination
-from gate import (LOWER_IS_BETTER, SCORE_METRICS, Z95, compare, display_name, format_score, format_with_interval,
-                  stderr_of)
+from gate import compare, format_with_interval, stderr_of
 from model import bits_per_byte, load_checkpoint, next_token_loss
+from report_card import plot_scores, run_name, write_report
 from training import autocast, check_device
 from tokenizer import load_token_dir
 
 FORMAT, VERSION = "llmpipe-eval", 1
 TASK_NAMES = ["val", *benchmarks.TASKS]
+FORMATS = ("auto", "harness", "chat")
 # TruthfulQA's CSV ships with the project (Apache-2.0, its LICENSE beside it): no registry carries it
 TRUTHFULQA_CSV = Path(__file__).resolve().parent / "benchmarks_data" / "truthfulqa" / "TruthfulQA.csv"
 
@@ -75,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=0,
                    help="score this many items per benchmark, a seeded sample (0 = all)")
     p.add_argument("--limit-seed", type=int, default=0, help="seed of the --limit sample")
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="prompt format: harness (plain text), chat (the prompt as a user turn), or auto: chat for "
+                        "every checkpoint kind but base (HumanEval and bits per byte are always plain text)")
     # data
     p.add_argument("--data-dir", default="out/tok", help="bpe.py output: val.bin for bits per byte")
     p.add_argument("--val-tokens", type=int, default=0, help="validation tokens to score (0 = all)")
@@ -158,17 +179,60 @@ def loglikelihoods(model, requests, batch_size, device):
     return out
 
 
+def prompt_format(name, ckpt_kind, choice="auto"):
+    """The prompt format a benchmark is scored in for a checkpoint of meta.json kind
+    `ckpt_kind`: "harness" or "chat" as --format says (auto: chat for every kind but base,
+    since SFT and the stages after it trained the model to answer user turns), except that
+    HumanEval (it completes a function body, not a turn) and bits per byte (plain validation
+    text) are always the harness' plain text."""
+    if name == "val" or benchmarks.TASKS[name].kind == "code":
+        return "harness"
+    if choice == "auto":
+        return "harness" if ckpt_kind == "base" else "chat"
+    return choice
+
+
+def user_turn(tokenizer, text):
+    """A benchmark's prompt as the chat format asks it: one user turn, then <|assistant|>."""
+    return tokenizer.render_prompt([{"role": "user", "content": text.strip()}])
+
+
+def choice_requests(tokenizer, items, fmt):
+    """The (context ids, continuation ids) of every choice of every item, item after item.
+    harness: the context starts a document (<|endoftext|>, as every training shard document
+    does) and the choice continues it (benchmarks.encode_pair); chat: the context is a user
+    turn and the choice, without its leading space, is what the assistant's turn starts with."""
+    eot = tokenizer.special("<|endoftext|>")
+    requests = []
+    for item in items:
+        turn = user_turn(tokenizer, item["context"]) if fmt == "chat" else None
+        for choice in item["choices"]:
+            if fmt == "chat":
+                requests.append((turn, tokenizer.encode_ordinary(choice.strip())))
+            else:
+                ctx, cont = benchmarks.encode_pair(tokenizer, item["context"], choice)
+                requests.append(([eot] + ctx, cont))
+    return requests
+
+
 @torch.no_grad()
 def complete(model, tokenizer, prompts, stops, max_new_tokens, batch_size, device, temperature=0.0,
-             top_p=1.0, seed=0):
+             top_p=1.0, seed=0, fmt="harness"):
     """The model's continuation of each prompt, cut at the first stop sequence.
 
-    Each prompt starts a document (<|endoftext|> first, as in the training shards) and keeps
-    its last block_size - max_new_tokens tokens. temperature 0 = greedy.
+    harness: each prompt starts a document (<|endoftext|> first, as in the training shards) and
+    the model writes until <|endoftext|>; chat: each prompt is a user turn (user_turn) and the
+    model writes until it closes its turn with <|end|> (or <|endoftext|>). Either way the prompt
+    keeps its last block_size - max_new_tokens tokens. temperature 0 = greedy.
+
+    (measure.generate batches the same way but has no top_p, which HumanEval's sampling needs.)
     """
-    eot = tokenizer.special("<|endoftext|>")
+    stop_tokens = {tokenizer.special("<|endoftext|>")}
+    if fmt == "chat":
+        stop_tokens.add(tokenizer.special("<|end|>"))
     max_new = min(max_new_tokens, model.config.block_size // 2)
-    ids = [tokenizer.encode_document(p)[-(model.config.block_size - max_new):] for p in prompts]
+    ids = [(user_turn(tokenizer, p) if fmt == "chat" else tokenizer.encode_document(p))
+           [-(model.config.block_size - max_new):] for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))       # similar lengths: little padding
     gen = torch.Generator(device=device).manual_seed(seed)
     out = [""] * len(ids)
@@ -176,9 +240,9 @@ def complete(model, tokenizer, prompts, stops, max_new_tokens, batch_size, devic
         chunk = order[start:start + batch_size]
         with autocast(device):
             new = model.generate([ids[i] for i in chunk], max_new, temperature=temperature, top_p=top_p,
-                                 stop_tokens={eot}, generator=gen)
+                                 stop_tokens=stop_tokens, generator=gen)
         for i, tokens in zip(chunk, new):
-            out[i] = benchmarks.cut_at_stop(tokenizer.decode([t for t in tokens if t != eot]), stops)
+            out[i] = benchmarks.cut_at_stop(tokenizer.decode([t for t in tokens if t not in stop_tokens]), stops)
     return out
 
 
@@ -244,26 +308,22 @@ def validation_bpb(model, tokenizer, val, batch_size, device):
 
 # ----------------------------------------------------------------------------- one benchmark
 
-def score_task(name, items, model, tokenizer, args, device):
+def score_task(name, items, model, tokenizer, args, device, fmt="harness"):
     """Scores of one benchmark's items under one model: {metric: value, ..., "chance"}, the
-    metrics being those its benchmarks.TASKS row lists, scored as its kind says."""
+    metrics being those its benchmarks.TASKS row lists, scored as its kind says, in the prompt
+    format `fmt` (prompt_format: "harness" or "chat"; code is always scored in the harness')."""
     task = benchmarks.TASKS[name]
-    eot = tokenizer.special("<|endoftext|>")
     if task.kind in ("mc", "mc2"):
-        # every choice of every item is one request; contexts start a document, like the
-        # training data (every shard document follows <|endoftext|>)
-        requests = []
-        for item in items:
-            for choice in item["choices"]:
-                ctx, cont = benchmarks.encode_pair(tokenizer, item["context"], choice)
-                requests.append(([eot] + ctx, cont))
-        flat = iter(loglikelihoods(model, requests, args.batch_size, device))
+        if fmt == "chat":      # acc_norm divides by the characters scored: the choice without its space
+            items = [{**it, "choices": [c.strip() for c in it["choices"]]} for it in items]
+        # every choice of every item is one request
+        flat = iter(loglikelihoods(model, choice_requests(tokenizer, items, fmt), args.batch_size, device))
         lls = [[next(flat) for _ in item["choices"]] for item in items]
         score = benchmarks.score_multiple_choice if task.kind == "mc" else benchmarks.score_mc2
         scores = score(items, lls)
     elif task.kind == "gen":
         completions = complete(model, tokenizer, [it["prompt"] for it in items], benchmarks.GSM8K_STOPS,
-                               args.max_new_tokens, args.batch_size, device)
+                               args.max_new_tokens, args.batch_size, device, fmt=fmt)
         scores = benchmarks.score_exact_match(items, completions)
     elif task.kind == "code":
         # n samples per problem, greedy when n = 1
@@ -300,120 +360,6 @@ def check_contamination(all_items, corpus):
         out[name] = {"items": len(items), "checked": checked, "contaminated": len(hit),
                      "fraction": len(hit) / checked if checked else 0.0, "examples": hit[:5]}
     return out
-
-
-# ----------------------------------------------------------------------------- the report
-
-def run_name(path, meta):
-    """The name a report shows for a checkpoint: its path and what it holds, from its
-    meta.json, e.g. "out/pretrain (base, step 160, model 9327318d)" (results.json keys stay
-    the path, which `compare path#label` selects by)."""
-    step, sha = (meta.get("metrics") or {}).get("step"), meta.get("model_sha256") or ""
-    what = [meta.get("kind", "base"), *([f"step {step}"] if step is not None else []),
-            *([f"model {sha[:8]}"] if sha else [])]
-    return f"{path} ({', '.join(what)})"
-
-
-def chance_of(ckpts, name):
-    """A benchmark's chance level (the same for every checkpoint that scored it), or None."""
-    return next((c["scores"][name].get("chance") for c in ckpts.values() if name in c["scores"]), None)
-
-
-def write_report(out_dir, results):
-    """report.md: one row per benchmark and metric, one column per checkpoint."""
-    ckpts = results["checkpoints"]
-    lines = ["# Evaluation report", "",
-             f"{len(ckpts)} checkpoint(s); items per benchmark: {results['args']['limit'] or 'all'} "
-             f"(seeded sample {results['args']['limit_seed']}). Each cell: score \u00b1 its 95% interval "
-             "(1.96 standard errors: the noise of drawing these n items) (centred score, "
-             "(score - chance) / (1 - chance)). Contamination: items sharing a 13-word sequence with "
-             "the corpus' train split.", "",
-             "| benchmark | metric | n | chance | " + " | ".join(display_name(p, c) for p, c in ckpts.items())
-             + " | contaminated |",
-             "|---|---|---|---|" + "---|" * len(ckpts) + "---|"]
-    for name, task in results["tasks"].items():
-        if "unavailable" in task:
-            lines.append(f"| {name} | - | - | - | " + " | ".join("unavailable" for _ in ckpts) + " | - |")
-            continue
-        cont = task.get("contamination")
-        cont_cell = f"{cont['contaminated']:,} of {cont['checked']:,}" if cont else "-"
-        metrics = [m for m in SCORE_METRICS if any(m in c["scores"].get(name, {}) for c in ckpts.values())]
-        for m in metrics:
-            cells = []
-            for c in ckpts.values():
-                s = c["scores"].get(name, {})
-                value, chance = s.get(m), s.get("chance")
-                cell = format_with_interval(value, stderr_of(s, m))
-                if value is not None and chance not in (None, 1) and m not in LOWER_IS_BETTER:
-                    cell += f" ({benchmarks.centred(value, chance):+.3f})"         # the centred score
-                cells.append(cell)
-            chance = chance_of(ckpts, name)
-            lines.append(f"| {name} | {m} | {task.get('n', 0):,} of {task.get('n_total', 0):,} | "
-                         f"{format_score(chance)} | " + " | ".join(cells) + f" | {cont_cell} |")
-    lines += [""] + [f"{name}: unavailable, {task['unavailable']}." for name, task in results["tasks"].items()
-                     if "unavailable" in task]
-    lines += [f"{display_name(p, c)}: broken, {c['broken']}; not scored." for p, c in ckpts.items() if "broken" in c]
-    if "val" in results["tasks"]:
-        lines.append("val: the interval of bits per byte and loss is over the split's documents (ratio estimator).")
-    with atomic_open(Path(out_dir) / "report.md") as f:
-        f.write("\n".join(lines) + "\n")
-
-
-def bar(scores, metric):
-    """(height, 95% half-width, text) of one bar: a missing score is an empty bar marked "n/a",
-    a zero one is marked "0" (both would otherwise be invisible)."""
-    value = scores.get(metric) if scores else None
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        return 0.0, 0.0, "n/a"
-    se = stderr_of(scores, metric)
-    return float(value), Z95 * se if se is not None else 0.0, "0" if value == 0 else ""
-
-
-def bar_values(results):
-    """What scores.png draws: (benchmarks with their primary metric, {display name: [bar per
-    benchmark]}, {display name: bar of bits per byte}), unavailable benchmarks and broken
-    checkpoints included, as "n/a" bars."""
-    tasks, ckpts = results["tasks"], results["checkpoints"]
-    names = [(n, t.get("primary") or benchmarks.TASKS[n].metrics[0]) for n, t in tasks.items() if n != "val"]
-    scores = {display_name(p, c): [bar(c["scores"].get(n), m) for n, m in names] for p, c in ckpts.items()}
-    bpb = {display_name(p, c): bar(c["scores"].get("val"), "bpb") for p, c in ckpts.items()}
-    return names, scores, bpb
-
-
-def plot_scores(path, results):
-    """Primary score of each benchmark per checkpoint with its 95% interval, chance marked with
-    a black tick; bits per byte in a panel of its own (another scale, lower is better)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names, scores, bpb = bar_values(results)
-    fig, (ax, ax_bpb) = plt.subplots(1, 2, figsize=(max(6, 1.1 * len(names) + 2) + 2, 4),
-                                     gridspec_kw={"width_ratios": [max(len(names), 1), 1.5]})
-    width = 0.8 / max(len(scores), 1)
-    for j, (label, bars) in enumerate(scores.items()):
-        xs = [i + (j - (len(scores) - 1) / 2) * width for i in range(len(names))]
-        heights, errs, texts = zip(*bars) if bars else ((), (), ())
-        drawn = ax.bar(xs, heights, width, yerr=errs, capsize=2, label=label)
-        for x, text in zip(xs, texts):
-            if text:                                     # "0" or "n/a": a bar too low to see
-                ax.text(x, 0.01, text, ha="center", va="bottom", fontsize=7, rotation=90,
-                        color=drawn.patches[0].get_facecolor())
-    for i, (n, _) in enumerate(names):
-        chance = chance_of(results["checkpoints"], n)
-        if chance is not None:
-            ax.plot([i - 0.45, i + 0.45], [chance, chance], color="black", linewidth=2)
-    ax.set_xticks(range(len(names)), [f"{n}\n{m}" for n, m in names], fontsize=8)
-    ax.set_ylabel("score \u00b1 95% interval (black: chance)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    for j, (height, err, text) in enumerate(bpb.values()):        # the same colours, in legend order
-        drawn = ax_bpb.bar([j], [height], 0.8, yerr=[err], capsize=3)
-        ax_bpb.text(j, 0, text, ha="center", va="bottom", fontsize=8, color=drawn.patches[0].get_facecolor())
-    ax_bpb.set_xticks(range(len(bpb)), [str(j + 1) for j in range(len(bpb))], fontsize=8)
-    ax_bpb.set_xlabel("checkpoint (legend order)", fontsize=8)
-    ax_bpb.set_ylabel("validation bits per byte (lower is better)")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- main
@@ -470,9 +416,10 @@ def main(argv=None):
     for path, (model, tokenizer, meta) in models.items():
         scores = {}
         for name in args.tasks if path not in broken else ():
+            fmt = prompt_format(name, meta["kind"], args.format)          # recorded beside the scores
             if name == "val":
                 val = validation_tokens(tokenizer, args.data_dir, args.val_tokens)
-                scores["val"] = validation_bpb(model, tokenizer, val, args.batch_size, device)
+                scores["val"] = {**validation_bpb(model, tokenizer, val, args.batch_size, device), "format": fmt}
                 # the text's hash, not the ids': checkpoints with different tokenizers scored on
                 # the same bytes compare (bits per byte is what makes them comparable)
                 text_sha = hashlib.sha256(tokenizer.decode_bytes(val.tolist())).hexdigest()
@@ -480,13 +427,14 @@ def main(argv=None):
             elif name in scored:
                 t = time.time()
                 try:
-                    s = scores[name] = score_task(name, scored[name], model, tokenizer, args, device)
+                    s = scores[name] = {**score_task(name, scored[name], model, tokenizer, args, device, fmt),
+                                        "format": fmt}
                 except benchmarks.Unavailable as e:         # the sandbox broke: not scored, said
                     print(f"{path}  {name}: not scored ({e})")
                     continue
                 primary = tasks[name]["primary"]
                 print(f"{path}  {name:15s} {primary} {format_with_interval(s[primary], stderr_of(s, primary))} "
-                      f"(chance {s['chance']:.3f}, n {len(scored[name])}, {time.time() - t:.0f} s)")
+                      f"(chance {s['chance']:.3f}, n {len(scored[name])}, {fmt}, {time.time() - t:.0f} s)")
         if "val" in scores:
             v = scores["val"]
             print(f"{path}  val             bpb {format_with_interval(v['bpb'], stderr_of(v, 'bpb'))} "
@@ -496,11 +444,14 @@ def main(argv=None):
                              "scores": scores}
         if path in broken:
             checkpoints[path]["broken"] = broken[path]
+        else:                # the panel: the same ten prompts, answered greedily by every checkpoint
+            checkpoints[path]["panel"] = measure.panel_answers(model, tokenizer)
 
     # 4. results.json, report.md, scores.png and meta.json (last: it says the rest is complete)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {"format": FORMAT, "version": VERSION, "args": vars(args), "tasks": tasks,
+               "panel": [{"category": c, "prompt": text} for c, text in measure.PANEL],
                "checkpoints": checkpoints, "seconds": time.time() - t0}
     write_json(out_dir / "results.json", results)
     write_report(out_dir, results)

@@ -5,8 +5,10 @@ for every metric both scored on the same items, the two scores, their difference
 interval of that difference. It fails (one line, exit 1) naming every metric that got worse by
 more than X (a score falling, bits per byte or loss rising), every metric the candidate lost
 (not a number: a broken model), and every benchmark the baseline scored that the candidate did
-not. Benchmarks scored on different items (another --limit or seed) are named and left out:
-they are no evidence either way; the others are still compared.
+not. Benchmarks scored on different items (another --limit or seed) or in different prompt
+formats (evaluate.py --format: a base model in the harness' plain text, a chat model in its
+chat layout) are named and left out: they are no evidence either way; the others are still
+compared. A score dict's "format" is a string, not a metric: only SCORE_METRICS are compared.
 
 The rule, and the noise. A score on n items has a standard error (results.json's
 "{metric}_stderr"); the difference of two runs' scores has the interval
@@ -93,12 +95,18 @@ def load_results(spec):
 
 
 def comparable(base, cand, base_tasks, cand_tasks):
-    """(benchmarks both runs scored on the same items, [why each other shared one cannot be
-    compared]): a score on other items (another --limit or seed) is no evidence either way."""
+    """(benchmarks both runs scored on the same items in the same prompt format, [why each
+    other shared one cannot be compared]): a score on other items (another --limit or seed), or
+    in another format (the format alone moves scores), is no evidence either way. Results that
+    record no format (older files) were scored in the harness' format."""
     same, apart = [], []
     for name in sorted(base.keys() & cand.keys()):
+        fmt_b, fmt_c = (s[name].get("format", "harness") for s in (base, cand))
         if base_tasks[name].get("items_sha256") != cand_tasks[name].get("items_sha256"):
             apart.append(f"{name} was scored on different items in the two runs (--limit or data differ)")
+        elif fmt_b != fmt_c:
+            apart.append(f"{name} was scored in the {fmt_b} format in the baseline and the {fmt_c} format in the "
+                         "candidate")
         else:
             same.append(name)
     return same, apart
@@ -180,8 +188,8 @@ def compare(baseline, candidate, max_drop):
         print(f"not compared: {why}")
     bad = regressions(base, cand, names, max_drop)
     if not names and not bad:
-        raise StageError("nothing to compare: " + ("; ".join(apart) + "; evaluate both with the same --limit "
-                         "and --limit-seed" if apart else "the two results share no benchmark"))
+        raise StageError("nothing to compare: " + ("; ".join(apart) + "; evaluate both with the same --limit, "
+                         "--limit-seed and --format" if apart else "the two results share no benchmark"))
     print(f"baseline {b_name} -> candidate {c_name}; difference and its 95% interval (independent "
           "estimates: conservative for runs on the same items)")
     diffs = differences(base, cand, names)
