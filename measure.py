@@ -104,7 +104,8 @@ def fewshot_answers(model, tok, texts, shots, max_new_tokens=16, temperature=0.0
     its trailing punctuation dropped ("7, 7, 7" answers 7). This reading is lenient, in the
     base model's favour: the chat layout's answer must be exactly the number."""
     eot = tok.special("<|endoftext|>")
-    prompts = [tok.encode_document(fewshot_prompt(shots, t)) for t in texts]
+    keep = model.config.block_size - max_new_tokens                 # a short block sees fewer shots
+    prompts = [tok.encode_document(fewshot_prompt(shots, t))[-keep:] for t in texts]
     out = generate(model, prompts, max_new_tokens, temperature, {eot}, seed)
     words = [tok.decode([t for t in tokens if not tok.is_special(t)]).split() for tokens in out]
     return [w[0].rstrip(".,;:!?") if w else "" for w in words]

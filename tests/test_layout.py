@@ -15,8 +15,8 @@ LAYERS = [
     ["kernels.triton_attention", "kernels.triton_linear_cross_entropy", "kernels.triton_matmul"],
     ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report"],
     ["model", "data.contamination"],
-    ["demos"],
-    ["data.prepare", "bpe", "train", "evaluate", "sample"],                    # the stages
+    ["demos", "measure", "report_card"],
+    ["data.prepare", "bpe", "train", "sft", "chat", "evaluate", "sample"],     # the stages
 ]
 STAGES = set(LAYERS[-1])
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
