@@ -63,7 +63,7 @@ def format_rate(r):
 # ----------------------------------------------------------------------------- answers
 
 @torch.no_grad()
-def generate(model, prompts, max_new_tokens, temperature, stop_tokens, seed=0, batch_size=64):
+def generate(model, prompts, max_new_tokens, temperature, stop_tokens, seed=0, batch_size=256):
     """The new tokens of each prompt (lists of ids), in batches of similar lengths, sampled
     with a generator seeded once for the whole call: the same call gives the same answers."""
     device = model.tok_emb.weight.device

@@ -23,10 +23,17 @@ stage tokenizer $PY bpe.py --data-dir "$OUT/data" --out-dir "$OUT/tok"
 # 3. Pretrain the tiny GPT on the shards (torchrun train.py ... for many GPUs: see README).
 stage pretrain $PY train.py --data-dir "$OUT/tok" --out-dir "$OUT/pretrain"
 
-# 4. The report card: held-out bits per byte, the benchmarks (a seeded sample of EVAL_LIMIT items
-#    each; EVAL_LIMIT=0 scores them all) and each benchmark's contamination of the corpus.
-#    TruthfulQA is read from the copy shipped in benchmarks_data/.
-stage evaluate $PY evaluate.py --ckpt "$OUT/pretrain" --data-dir "$OUT/tok" --corpus "$OUT/data/corpus.jsonl" \
+# 4. Supervised fine-tuning: the base model learns to answer a user's turn in the chat layout and
+#    to stop, from demonstrations (the task library's skills, the registry's conversations); it
+#    prints and keeps its held-out figures, parent against SFT model (sft.png). Then
+#    `python chat.py $OUT/sft` talks to it.
+stage sft $PY sft.py --init "$OUT/pretrain" --out-dir "$OUT/sft"
+
+# 5. The report card of both checkpoints side by side: held-out bits per byte, the benchmarks (a
+#    seeded sample of EVAL_LIMIT items each; EVAL_LIMIT=0 scores them all; the SFT model is asked
+#    in its chat layout), each benchmark's contamination of the corpus, and the fixed panel of
+#    prompts every checkpoint answers. TruthfulQA is read from the copy shipped in benchmarks_data/.
+stage evaluate $PY evaluate.py --ckpt "$OUT/pretrain" "$OUT/sft" --data-dir "$OUT/tok" --corpus "$OUT/data/corpus.jsonl" \
     --out-dir "$OUT/eval" --limit "${EVAL_LIMIT:-200}"
 
 echo "pipeline done in $SECONDS s: see $OUT/"

@@ -115,14 +115,15 @@ def test_packing_never_lets_a_masked_token_carry_loss(tok):
     draws = iter([("s", ids, mask) for ids, mask in convs if ids])
     x, y, used = sft.pack(draws, 6, width, tok.special("<|endoftext|>"))
     assert x.shape == y.shape == (6, width - 1)
-    # the supervised targets are exactly the assistants' tokens of the packed conversations, in order
-    supervised = [t for t in y.flatten().tolist() if t != IGNORE_INDEX]
-    assert supervised == [t for _, ids, mask in used for t, m in zip(ids, mask) if m]
-    # rows hold whole conversations: every row starts one, and each packed one is contiguous
-    assert all(x[r, 0].item() == tok.special("<|endoftext|>") for r in range(6))
-    flat = x.flatten().tolist()
-    for _, ids, _ in used[:5]:
-        assert any(flat[i:i + len(ids) - 1] == ids[:-1] for i in range(len(flat)))
+    # row by row, the supervised targets are exactly the assistants' tokens of the conversations
+    # placed in it, in order: no prompt or padding token carries loss
+    for r in range(6):
+        supervised = [t for t in y[r].tolist() if t != IGNORE_INDEX]
+        assert supervised == [t for row, _, ids, mask in used if row == r for t, m in zip(ids, mask) if m]
+        placed = [t for row, _, ids, _ in used if row == r for t in ids]
+        assert x[r, :len(placed) - 1].tolist() == placed[:-1]        # whole, in order, from the row's start
+        assert all(t == tok.special("<|endoftext|>") for t in x[r, len(placed):].tolist())   # then padding
+    assert len(used) < 200 and sum(len(ids) for _, _, ids, _ in used) > 0.9 * 6 * width    # first fit: rows nearly full
 
 
 def test_a_conversation_longer_than_the_block_is_cut_after_its_last_answer_that_fits(tok):
@@ -219,7 +220,7 @@ def test_data_with_nothing_left_after_filtering_is_refused(parent, tmp_path):
     long = " ".join(["a very long answer"] * 200)
     data = write_lines(tmp_path / "mine.jsonl", [{"messages": [{"role": "user", "content": f"q{i}"},
                                                                {"role": "assistant", "content": long}]} for i in range(20)])
-    with pytest.raises(StageError, match=r"nothing left to train on after filtering \(0 share 13 words .*, \d+ answer beyond"):
+    with pytest.raises(StageError, match=r"nothing left to train on after filtering: of its 20 conversations \d+ are .*, 0 share 13 words .*, \d+ have a first answer beyond the 97-token block"):
         run_sft(parent, tmp_path / "out", "--data", data, "--mix", "user=1", "--benchmarks", "humaneval")
     assert not (tmp_path / "out").exists()
 

@@ -8,6 +8,8 @@ import pytest
 
 import tasks
 from common import StageError
+from data.contamination import word_ngrams
+from data.dedup import normalize_for_dedup
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +83,29 @@ def test_prompts_file_is_written_whole_with_its_hash(tmp_path):
     lines = (tmp_path / "prompts.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == tasks.prompt_pool() and len(sha) == 64
     assert tasks.write_prompts(tmp_path / "again.jsonl") == sha
+
+
+def overlapping(prompts, suite, n=13):
+    """The prompts sharing an n-word sequence with a text of the suite (the project's 13-gram
+    contamination check); a prompt shorter than n words counts if all its words appear, in
+    order and together, in a suite text (a 13-gram test could not see it at all)."""
+    suite_grams = {}                                   # k -> every k-gram of the suite
+    hits = []
+    for p in prompts:
+        k = min(n, len(normalize_for_dedup(p).split()))
+        if k not in suite_grams:
+            suite_grams[k] = set().union(*(word_ngrams(text, k) for text in suite))
+        if word_ngrams(p, k) & suite_grams[k]:
+            hits.append(p)
+    return hits
+
+
+def test_the_templates_share_no_13_gram_with_the_red_team_suites(pool):
+    suites = tasks.red_team_prompts()
+    assert {name: len(texts) for name, texts in suites.items()} == {"harmbench": 200, "donotanswer": 939, "advbench": 520}
+    texts = sorted({p["text"] for p in pool if p["category"] in ("harmful", "benign")})
+    everything = [t for suite in suites.values() for t in suite]
+    assert overlapping(texts, everything) == []
+    # the check can fail: a suite's own prompt, and a short one inside a longer text, are found
+    planted = [suites["advbench"][0], "How to hunt endangered species"]
+    assert overlapping(planted, everything) == planted
