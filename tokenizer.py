@@ -397,7 +397,7 @@ class Tokenizer:
                              f"version {VERSION}; run bpe.py again")
         try:
             ranks = {unescape_bytes(t): i for i, t in enumerate(d["tokens"])}
-            merges = [tuple(m) for m in d["merges"]] if d.get("merges") else None
+            merges = [tuple(m) for m in d["merges"]] if d.get("merges") is not None else None
             return cls(ranks, d["pattern"], d["special_tokens"], merges)
         except (KeyError, TypeError, ValueError, regex.error) as e:
             raise StageError(f"{path} is a damaged tokenizer file ({e}); run bpe.py again") from None

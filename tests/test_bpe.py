@@ -355,3 +355,14 @@ def test_stage_bad_input(tmp_path):
     proc = run_bpe("--data-dir", data, "--out-dir", tmp_path / "tok", "--vocab-size", 100000)
     assert proc.returncode == 1 and "allow only" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "tok" / "train.bin").exists()
+
+
+def test_a_tokenizer_without_merges_loads_as_the_one_saved(tmp_path):
+    """No merges learned (a vocabulary of the 256 bytes and the specials) is still a known,
+    empty list of merges: read back as None it changed the file's hash, and load_checkpoint
+    refused the checkpoint just written."""
+    tok = Tokenizer.train(["a"], 256 + 16)
+    assert tok.merges == []
+    tok.save(tmp_path / "tokenizer.json")
+    again = Tokenizer.load(tmp_path / "tokenizer.json")
+    assert again.merges == [] and again.sha256() == tok.sha256()
