@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("ckpt", help="checkpoint directory, e.g. out/sft")
     p.add_argument("--system", default="", help="system message that opens the conversation ('' = none)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens per answer at most")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="tokens per answer at most (the tiny model's block is 256: more leaves little room for the conversation)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling; 1 = off")

@@ -216,7 +216,7 @@ def choice_requests(tokenizer, items, fmt):
 
 
 @torch.no_grad()
-def complete(model, tokenizer, prompts, stops, max_new_tokens, batch_size, device, temperature=0.0,
+def complete(model, tokenizer, prompts, stops, max_new_tokens, batch_size, temperature=0.0,
              top_p=1.0, seed=0, fmt="harness"):
     """The model's continuation of each prompt, cut at the first stop sequence.
 
@@ -224,8 +224,6 @@ def complete(model, tokenizer, prompts, stops, max_new_tokens, batch_size, devic
     the model writes until <|endoftext|>; chat: each prompt is a user turn (user_turn) and the
     model writes until it closes its turn with <|end|> (or <|endoftext|>). Either way the prompt
     keeps its last block_size - max_new_tokens tokens. temperature 0 = greedy.
-
-    (measure.generate batches the same way but has no top_p, which HumanEval's sampling needs.)
     """
     stop_tokens = {tokenizer.special("<|endoftext|>")}
     if fmt == "chat":
@@ -233,17 +231,9 @@ def complete(model, tokenizer, prompts, stops, max_new_tokens, batch_size, devic
     max_new = min(max_new_tokens, model.config.block_size // 2)
     ids = [(user_turn(tokenizer, p) if fmt == "chat" else tokenizer.encode_document(p))
            [-(model.config.block_size - max_new):] for p in prompts]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))       # similar lengths: little padding
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out = [""] * len(ids)
-    for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch", mininterval=1, leave=False):
-        chunk = order[start:start + batch_size]
-        with autocast(device):
-            new = model.generate([ids[i] for i in chunk], max_new, temperature=temperature, top_p=top_p,
-                                 stop_tokens=stop_tokens, generator=gen)
-        for i, tokens in zip(chunk, new):
-            out[i] = benchmarks.cut_at_stop(tokenizer.decode([t for t in tokens if t not in stop_tokens]), stops)
-    return out
+    new = measure.generate(model, ids, max_new, temperature, stop_tokens, seed, batch_size, top_p)
+    return [benchmarks.cut_at_stop(tokenizer.decode([t for t in tokens if t not in stop_tokens]), stops)
+            for tokens in new]
 
 
 def validation_tokens(tokenizer, data_dir, max_tokens):
@@ -323,14 +313,14 @@ def score_task(name, items, model, tokenizer, args, device, fmt="harness"):
         scores = score(items, lls)
     elif task.kind == "gen":
         completions = complete(model, tokenizer, [it["prompt"] for it in items], benchmarks.GSM8K_STOPS,
-                               args.max_new_tokens, args.batch_size, device, fmt=fmt)
+                               args.max_new_tokens, args.batch_size, fmt=fmt)
         scores = benchmarks.score_exact_match(items, completions)
     elif task.kind == "code":
         # n samples per problem, greedy when n = 1
         n = args.samples
         temperature, top_p = (0.0, 1.0) if n == 1 else (args.temperature, args.top_p)
         texts = complete(model, tokenizer, [p["prompt"] for p in items for _ in range(n)],
-                         benchmarks.HUMANEVAL_STOPS, args.max_new_tokens, args.batch_size, device,
+                         benchmarks.HUMANEVAL_STOPS, args.max_new_tokens, args.batch_size,
                          temperature, top_p, args.seed)
         completions = {p["task_id"]: texts[j * n:(j + 1) * n] for j, p in enumerate(items)}
         scores, _ = benchmarks.score_humaneval(items, completions, ks=(1, 10, 100), timeout=args.timeout)

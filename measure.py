@@ -29,6 +29,7 @@ import math
 import random
 
 import torch
+from tqdm import tqdm
 
 import tasks
 from model import IGNORE_INDEX, bits_per_byte
@@ -63,17 +64,17 @@ def format_rate(r):
 # ----------------------------------------------------------------------------- answers
 
 @torch.no_grad()
-def generate(model, prompts, max_new_tokens, temperature, stop_tokens, seed=0, batch_size=256):
+def generate(model, prompts, max_new_tokens, temperature, stop_tokens, seed=0, batch_size=256, top_p=1.0):
     """The new tokens of each prompt (lists of ids), in batches of similar lengths, sampled
     with a generator seeded once for the whole call: the same call gives the same answers."""
-    device = model.tok_emb.weight.device
+    device = next(model.parameters(), torch.empty(0)).device          # (a test stub may have none)
     gen = torch.Generator(device=device).manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))      # little padding
     out = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch", mininterval=1, leave=False):
         chunk = order[start:start + batch_size]
         with autocast(device):
-            new = model.generate([prompts[i] for i in chunk], max_new_tokens, temperature=temperature,
+            new = model.generate([prompts[i] for i in chunk], max_new_tokens, temperature=temperature, top_p=top_p,
                                  stop_tokens=set(stop_tokens), generator=gen)
         for i, tokens in zip(chunk, new):
             out[i] = tokens
@@ -155,7 +156,7 @@ def assistant_bpb(model, tok, conversations, batch_size=16):
     over the positions render_chat's mask marks, special tokens (its <|end|>) excluded; each
     conversation is scored on its first block_size + 1 tokens.
         bpb = sum of -ln P(token) / (ln 2 * sum of the tokens' UTF-8 bytes)"""
-    device = model.tok_emb.weight.device
+    device = next(model.parameters(), torch.empty(0)).device          # (a test stub may have none)
     block = model.config.block_size
     byte_lengths = torch.tensor(tok.token_byte_lengths(), dtype=torch.long)
     rows = []

@@ -235,15 +235,21 @@ class GPT(nn.Module):
             x = block(x, cos, sin, caches[i] if caches else None, mask)
         return self.norm(x)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, supervised_only=False):
         """idx (B, T) -> logits (B, T, V); with targets (B, T), the mean cross-entropy over the
-        positions whose target is not IGNORE_INDEX, by the fused LM head + loss instead."""
+        positions whose target is not IGNORE_INDEX, by the fused LM head + loss instead.
+        supervised_only: run the LM head on those positions only, the same loss for less work
+        where most targets are ignored (SFT supervises a third of them; the selection costs a
+        device sync, which pretraining, where every target counts, does without)."""
         x = self.hidden(idx)
         if targets is None:
             return self.lm_head(x)                                                # (B, T, V)
         B, T, C = x.shape
-        return kernels.linear_cross_entropy(x.view(B * T, C), self.lm_head.weight, targets.reshape(-1),
-                                            IGNORE_INDEX)
+        x, targets = x.view(B * T, C), targets.reshape(-1)
+        if supervised_only:
+            keep = targets != IGNORE_INDEX
+            x, targets = x[keep], targets[keep]
+        return kernels.linear_cross_entropy(x, self.lm_head.weight, targets, IGNORE_INDEX)
 
     def scores(self, idx):
         """idx (B, T) -> the scalar head's score at every position (B, T), in fp32."""
@@ -328,8 +334,12 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
         drop = cum - sorted_logits.softmax(-1) >= top_p         # mass before this token >= p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # inverse transform sampling: the first token whose cumulative probability passes u ~ U(0, c),
+    # c the row's total (1 up to rounding); a token of probability 0 never passes (side="right").
+    # The same distribution as torch.multinomial, about 9x faster on a CPU at vocabulary 8k.
+    cdf = logits.softmax(-1).cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
 
 # ----------------------------------------------------------------------------- measures

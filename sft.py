@@ -296,7 +296,7 @@ def train_step(model, opt, x, y, n_supervised, micro_batch, ctx, grad_clip, rt):
     for j, start in enumerate(starts):
         xb, yb = x[start:start + micro_batch], y[start:start + micro_batch]
         with training.grad_sync(model, sync=j == len(starts) - 1), ctx:
-            loss = model(xb, yb)                   # mean over its supervised tokens (0 if none)
+            loss = model(xb, yb, supervised_only=True)     # mean over its supervised tokens (0 if none)
         part = loss * (int((yb != IGNORE_INDEX).sum()) * rt.world / max(n_supervised, 1))
         part.backward()
         loss_sum += part.item() / rt.world
@@ -384,7 +384,9 @@ def main(argv=None):
         raise StageError(f"{args.init}'s tokenizer has no {', '.join(missing)}: SFT needs the chat layout's special "
                          f"tokens; pretrain with bpe.py's tokenizer")
     width = raw.config.block_size + 1                  # a row: block inputs and their shifted targets
+    t0 = time.time()
     train, held_out, mixture, pool = load_data(args, tok, width)
+    data_s = time.time() - t0
     eval_prompts = [p for c in SKILLS for p in [p for p in pool if p["split"] == "sft_eval" and p["category"] == c]
                     [:args.eval_prompts or None]]
     shots = measure.skill_shots(pool)
@@ -409,13 +411,15 @@ def main(argv=None):
     if rt.master:
         out.mkdir(parents=True, exist_ok=True)
         prompts_sha = tasks.write_prompts(out / "prompts.jsonl")
-        print("mixture (conversations: in the source, dropped, trained on, held out):")
+        print(f"mixture (conversations: in the source, dropped, trained on, held out; read in {data_s:.0f} s):")
         for s, r in mixture.items():
             print(f"  {s:11s} {r['examples']:6,} {sum(r['contaminated'].values()):4} contaminated "
                   f"{r['too_long']:5,} too long {r['train']:6,} train {r['held_out']:3} held out  weight {r['weight']:g}")
         if before is None:
             print("measuring the parent on held-out data ...", flush=True)
+            t0 = time.time()
             before = figures(raw, tok, held_out, eval_prompts, shots, args.max_new_tokens, parent=True)
+            print(f"  ({time.time() - t0:.0f} s)")
     rows_local = args.batch_rows // rt.world
     pad = tok.special("<|endoftext|>")
 
@@ -459,7 +463,9 @@ def main(argv=None):
     if rt.master:
         if step == args.max_steps:
             print("measuring the SFT model on held-out data ...", flush=True)
+            t0 = time.time()
             after = figures(raw, tok, held_out, eval_prompts, shots, args.max_new_tokens)
+            print(f"  ({time.time() - t0:.0f} s)")
             print_figures(before, after)
             plot(out / "sft.png", before, after)
         else:

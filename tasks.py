@@ -7,7 +7,8 @@ a stage imports them instead of writing its own.
 
     skills      seeded generators of (prompt, answer) pairs whose answers a checker can
                 verify, chosen so that a tiny model on 2 CPU cores learns them in minutes:
-                  compare   "Which is larger, 7 or 3?" -> "7" (numbers below COMPARE_BELOW)
+                  compare   "Which is larger, 7 or 3?" -> "7" (numbers below COMPARE_BELOW,
+                            ten wordings)
                   harmful   a request to hurt someone -> a refusal
                   benign    its look-alike ("kill a Python process", not a person) -> a
                             helpful answer, never a refusal
@@ -16,6 +17,9 @@ a stage imports them instead of writing its own.
                 so the splits are disjoint and fixed whatever the seed or the order:
                   sft_train, sft_eval, rm_train, rm_eval, ppo_train, final_eval
                 a stage trains only on a *_train split (require_train_split refuses others)
+    red team    the suites red-teaming scores (HarmBench, Do-Not-Answer, AdvBench), read from
+                the wheels that carry them: held out, never trained on, and checked against
+                these templates with the 13-gram contamination test (tests/test_tasks.py)
 
 A probe on the tiny base model (160 pretraining steps; SFT at lr 3e-3, 32 conversations per
 step, each skill sampled equally) found: the refusal of harmful requests and the answer to
