@@ -40,7 +40,7 @@ Reads:  <ckpt>/model.pt, tokenizer.json, meta.json (any stage), out/tok/val.bin 
 Writes: out/eval/results.json, report.md, scores.png, meta.json
 
 Run:
-    python evaluate.py --ckpt out/pretrain --limit 200          # run.sh's report card, 2.5-3 minutes on 2 cores
+    python evaluate.py --ckpt out/pretrain out/sft --limit 200  # run.sh's report card, about 5 minutes on 2 cores
     python evaluate.py --ckpt out/pretrain out/sft --limit 0    # full benchmarks, side by side
     python evaluate.py --tasks mmlu,gsm8k,truthfulqa_mc2 --truthfulqa-csv ''   # '': TruthfulQA unavailable
     python evaluate.py --ckpt out/pretrain out/sft --format harness   # both in the base's format

@@ -47,7 +47,7 @@ Writes: out/sft/model.pt, tokenizer.json, meta.json (kind "chat", its parent by 
         hash in meta.json), train_state.pt, log.jsonl, loss.png, lr.png, sft.png
 
 Run:
-    python sft.py                                          # run.sh's tiny run, about 2 minutes
+    python sft.py                                          # run.sh's tiny run, about 100 s on 2 cores
     python sft.py --data mine.jsonl --mix user=1           # only your demonstrations
     python sft.py --data mine.jsonl --mix user=2,compare=1,harmful=1,benign=1
     torchrun --standalone --nproc_per_node=8 sft.py --init out/pretrain --batch-rows 64
