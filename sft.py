@@ -29,7 +29,9 @@ chat layout, and to stop when it is done, from demonstrations of the behaviour w
                   so a micro-batch weighs by its supervised tokens, and one without any adds 0
     for step s:   lr(s) (warm-up, cosine); the step's rows, a pure function of (seed, s), so a
                   resumed run or any number of processes sees the same data; forward, backward,
-                  clip, AdamW; every --eval-every steps, held-out bits per byte
+                  clip, AdamW; every --eval-every steps, held-out bits per byte; every
+                  --ckpt-every steps and at the end, the training state (--resume continues
+                  from it bit for bit); at the end, the checkpoint
     before/after  on held-out data, the parent model against the SFT model (measure.py):
                   bits per byte of the assistant's content per source (<|end|> excluded); the
                   compare skill's accuracy (the parent also few-shot in plain text, so the
@@ -111,6 +113,7 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (matrices only)")
     p.add_argument("--grad-clip", type=float, default=1.0, help="global gradient norm limit; 0 = off")
     p.add_argument("--eval-every", type=int, default=50, help="steps between held-out bpb; 0 = only at the end")
+    p.add_argument("--ckpt-every", type=int, default=50, help="steps between training states (for --resume); 0 = only at the end")
     p.add_argument("--eval-conversations", type=int, default=48, help="held-out conversations per source")
     p.add_argument("--eval-prompts", type=int, default=0, help="held-out task prompts per category; 0 = all")
     p.add_argument("--max-new-tokens", type=int, default=48, help="the answers' length limit")
@@ -124,7 +127,7 @@ def parse_args(argv=None):
     for name in ("max_steps", "batch_rows", "micro_batch", "eval_conversations", "max_new_tokens"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("stop_after", "eval_every", "eval_prompts", "warmup_steps", "threads"):
+    for name in ("stop_after", "eval_every", "ckpt_every", "eval_prompts", "warmup_steps", "threads"):
         if getattr(args, name) < 0:
             p.error(f"--{name.replace('_', '-')} must be >= 0")
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -378,7 +381,7 @@ def main(argv=None):
     ctx = training.autocast(rt.device, training.resolve_dtype(args.dtype, rt.device))
 
     # set-up: the parent, its tokenizer (which must hold the chat layout), the data
-    raw, tok, parent_meta = load_checkpoint(args.init, kind=("base", "chat"), device=rt.device)
+    raw, tok, _ = load_checkpoint(args.init, kind=("base", "chat"), device=rt.device)
     missing = [t for t in CHAT_TOKENS if t not in tok.special_tokens]
     if missing:
         raise StageError(f"{args.init}'s tokenizer has no {', '.join(missing)}: SFT needs the chat layout's special "
@@ -408,6 +411,9 @@ def main(argv=None):
                              f"resume with the same flags or start again")
         accounting.load_state_dict(extra["accounting"])
         log, drawn, before = list(extra["log"]), extra["drawn"], extra["before"]
+        if step >= (min(args.stop_after, args.max_steps) if args.stop_after else args.max_steps):
+            raise StageError(f"--resume: the run in {out} is already at step {step}; nothing to do "
+                             f"(raise --max-steps or --stop-after, or start again)")
     if rt.master:
         out.mkdir(parents=True, exist_ok=True)
         prompts_sha = tasks.write_prompts(out / "prompts.jsonl")
@@ -454,7 +460,7 @@ def main(argv=None):
                     val = sum(b["bpb"] * b["bytes"] for b in bpbs if b["bytes"]) / max(sum(b["bytes"] for b in bpbs), 1)
                     log[-1]["val_bpb"] = round(val, 5)
                     tqdm.write(f"step {step}: loss {loss:.3f}, held-out bpb of the answers {val:.3f}")
-            if step == end_step:
+            if step == end_step or (args.ckpt_every and step % args.ckpt_every == 0):
                 extra = {"accounting": accounting.state_dict(), "log": log, "drawn": drawn, "before": before,
                          "parent_sha256": parent_sha, "run_flags": {k: getattr(args, k) for k in RUN_FLAGS}}
                 states = training.save_train_state(out / "train_state.pt", step, {"model": raw}, {"adamw": opt},

@@ -168,6 +168,8 @@ def test_kill_and_resume_gives_identical_weights(parent, tmp_path):
     assert meta["metrics"]["drawn"] == straight["metrics"]["drawn"] and meta["metrics"]["before"] == straight["metrics"]["before"]
     with pytest.raises(StageError, match="other --lr"):
         run_sft(parent, tmp_path / "resumed", "--max-steps", 6, "--resume", "--lr", 1e-4)
+    with pytest.raises(StageError, match="is already at step 6; nothing to do"):
+        run_sft(parent, tmp_path / "resumed", "--max-steps", 6, "--resume")
 
 
 def test_two_process_ddp_equals_one_process(parent, tmp_path):
