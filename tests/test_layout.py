@@ -15,7 +15,7 @@ LAYERS = [
     ["kernels.triton_attention", "kernels.triton_linear_cross_entropy", "kernels.triton_matmul"],
     ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report"],
     ["model", "data.contamination"],
-    ["demos", "measure", "report_card"],
+    ["demos", "measure", "report_card", "preferences"],
     ["data.prepare", "bpe", "train", "sft", "chat", "evaluate", "sample"],     # the stages
 ]
 STAGES = set(LAYERS[-1])
