@@ -13,10 +13,10 @@ LAYERS = [
     ["common", "sandbox", "data.dedup", "data.filters", "kernels.precision", "kernels.twins",
      "kernels.triton_cross_entropy", "kernels.triton_rmsnorm", "kernels.triton_swiglu"],
     ["kernels.triton_attention", "kernels.triton_linear_cross_entropy", "kernels.triton_matmul"],
-    ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report"],
+    ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "rankings", "data.sources", "data.report"],
     ["model", "data.contamination"],
     ["demos", "measure", "report_card", "preferences"],
-    ["data.prepare", "bpe", "train", "sft", "chat", "evaluate", "sample"],     # the stages
+    ["data.prepare", "bpe", "train", "sft", "chat", "evaluate", "sample", "rate"],     # the stages
 ]
 STAGES = set(LAYERS[-1])
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
