@@ -64,10 +64,7 @@ import sys
 from pathlib import Path
 
 from common import StageError, atomic_open
-
-# The chat roles. tokenizer.ROLES says the same (tests check): this module sits in the
-# tokenizer's layer, so it cannot import it.
-ROLES = ("system", "user", "assistant")
+from tokenizer import ROLES
 RANKING_FIELDS = ("prompt_id", "messages", "answers", "ranks", "rater", "time")
 SAMPLE_FIELDS = ("prompt_id", "messages", "category", "split", "answers", "ended")
 HH_ASSISTANT = "\n\nAssistant:"                      # where an HH-RLHF transcript's answer starts

@@ -13,8 +13,8 @@ LAYERS = [
     ["common", "sandbox", "data.dedup", "data.filters", "kernels.precision", "kernels.twins",
      "kernels.triton_cross_entropy", "kernels.triton_rmsnorm", "kernels.triton_swiglu"],
     ["kernels.triton_attention", "kernels.triton_linear_cross_entropy", "kernels.triton_matmul"],
-    ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "rankings", "data.sources", "data.report"],
-    ["model", "data.contamination"],
+    ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report"],
+    ["model", "data.contamination", "rankings"],
     ["demos", "measure", "report_card", "preferences"],
     ["data.prepare", "bpe", "train", "sft", "chat", "evaluate", "sample", "rate"],     # the stages
 ]

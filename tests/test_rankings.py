@@ -18,7 +18,6 @@ import rate
 from common import StageError, run_main
 from rankings import (append_ranking, check_ranking, import_pairs, import_preferences, prompt_id_of,
                       read_rankings, read_samples, resume_rankings, untied_pairs, write_rankings)
-from tokenizer import ROLES
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME = "2025-01-31T12:00:00Z"
@@ -56,10 +55,6 @@ def test_untied_pairs_worked_example():
     assert untied_pairs([0, 1, 2]) == [(0, 1), (0, 2), (1, 2)]      # no ties: K(K-1)/2 pairs
     assert untied_pairs([2, 2]) == []                                # all tied: nothing to learn
     assert untied_pairs([0, 1]) == [(0, 1)] and untied_pairs([1, 0]) == [(1, 0)]
-
-
-def test_roles_are_the_tokenizers():
-    assert rankings.ROLES == ROLES
 
 
 def test_a_good_ranking_and_an_all_tied_one_pass_the_check():
