@@ -477,8 +477,12 @@ def main(argv=None):
         else:
             after = None
         total = {k: sum(d[k] for d in drawn.values()) for k in ("conversations", "tokens", "supervised")}
+        print(f"trained on {total['conversations']:,} conversations drawn, {total['tokens']:,} tokens, "
+              f"{total['supervised'] / max(step * args.batch_rows * (width - 1), 1):.0%} of the rows' tokens supervised:")
         for s, d in drawn.items():
             mixture[s]["drawn"] = {**d, "share_of_tokens": d["tokens"] / max(total["tokens"], 1)}
+            print(f"  {s:11s} {d['conversations']:6,} conversations, {mixture[s]['drawn']['share_of_tokens']:4.0%} of the "
+                  f"tokens, {d['supervised'] / max(d['tokens'], 1):4.0%} of them supervised")
         metrics = {"step": step, "before": before, "after": after, "mixture": mixture,
                    "tokens": step * args.batch_rows * (width - 1), "drawn": total,
                    "supervised_share": total["supervised"] / max(step * args.batch_rows * (width - 1), 1),
