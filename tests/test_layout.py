@@ -16,7 +16,7 @@ LAYERS = [
     ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report"],
     ["model", "data.contamination", "rankings"],
     ["demos", "measure", "report_card", "preferences"],
-    ["data.prepare", "bpe", "train", "sft", "chat", "evaluate", "sample", "rate"],     # the stages
+    ["data.prepare", "bpe", "train", "sft", "chat", "rate", "reward", "evaluate", "sample"],     # the stages
 ]
 STAGES = set(LAYERS[-1])
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
