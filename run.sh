@@ -29,7 +29,13 @@ stage pretrain $PY train.py --data-dir "$OUT/tok" --out-dir "$OUT/pretrain"
 #    `python chat.py $OUT/sft` talks to it.
 stage sft $PY sft.py --init "$OUT/pretrain" --out-dir "$OUT/sft"
 
-# 5. The report card of both checkpoints side by side: held-out bits per byte, the benchmarks (a
+# 5. Rankings and the reward model: the SFT model answers the reward splits' prompts 4 times, the
+#    simulated rater (the task library's gold score) ranks the answers, and a reward model learns
+#    the rankings; it prints its held-out pair accuracy (calibration.png). `python rate.py
+#    $OUT/reward/samples.jsonl --out mine.jsonl` ranks them by hand instead.
+stage reward $PY reward.py --init "$OUT/sft" --out-dir "$OUT/reward"
+
+# 6. The report card of both checkpoints side by side: held-out bits per byte, the benchmarks (a
 #    seeded sample of EVAL_LIMIT items each; EVAL_LIMIT=0 scores them all; the SFT model is asked
 #    in its chat layout), each benchmark's contamination of the corpus, and the fixed panel of
 #    prompts every checkpoint answers. TruthfulQA is read from the copy shipped in benchmarks_data/.

@@ -1,5 +1,5 @@
 """The whole pipeline on toy sizes, each stage reading the files the stage before it wrote:
-data/prepare.py -> bpe.py -> train.py -> sft.py -> evaluate.py. Each stage's check is that it
+data/prepare.py -> bpe.py -> train.py -> sft.py -> reward.py -> evaluate.py. Each stage's check is that it
 moved its own metric the right way on held-out data; every later stage extends this chain
 with itself (reward, PPO, ...), reading the files of the one before."""
 
@@ -7,6 +7,7 @@ import json
 
 import bpe
 import evaluate
+import reward
 import sft
 import train
 from data import prepare
@@ -51,7 +52,15 @@ def test_the_whole_chain_on_toy_sizes(tmp_path):
         assert after["bpb"][skill]["bpb"] < (1 - drop) * before["bpb"][skill]["bpb"], skill
     assert after["behaviour"]["greedy"]["end"]["rate"] > before["behaviour"]["greedy"]["end"]["rate"]
 
-    # 5. evaluation of both checkpoints: held-out text, and the panel side by side
+    # 5. the reward model, on the SFT model's answers ranked by the simulated rater: it ranks
+    #    held-out pairs better than a coin
+    reward.main(["--init", str(tmp_path / "sft"), "--out-dir", str(tmp_path / "reward"), "--general", "0", "--k", "2",
+                 "--max-new-tokens", "16", "--threads", "1"])
+    _, _, rmeta = load_checkpoint(tmp_path / "reward", kind="reward")
+    assert rmeta["parent"]["sha256"] == meta["model_sha256"]
+    assert rmeta["metrics"]["pair_accuracy"]["all"]["low"] > 0.5          # its interval's low end
+
+    # 6. evaluation of both chat-making checkpoints: held-out text, and the panel side by side
     evaluate.main(["--ckpt", str(tmp_path / "pretrain"), str(tmp_path / "sft"), "--tasks", "val",
                    "--data-dir", str(tmp_path / "tok"), "--corpus", "", "--out-dir", str(tmp_path / "eval"),
                    "--device", "cpu"])
