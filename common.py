@@ -94,6 +94,38 @@ def json_field(obj, dotted, types, path, producer, default=_MISSING):
     return value
 
 
+def flag(name):
+    """An argparse destination as the user types it: max_steps -> --max-steps."""
+    return "--" + name.replace("_", "-")
+
+
+def check_flags(parser, args, minimums=None, positive=(), nonnegative=()):
+    """The range checks every stage's flags need, as usage errors (parser.error, exit 2):
+        minimums     {name: least value} of counts ("--max-steps must be >= 1")
+        positive     finite numbers above 0 ("--lr must be a positive number")
+        nonnegative  finite numbers of at least 0, named together in one message"""
+    for name, least in (minimums or {}).items():
+        if getattr(args, name) < least:
+            parser.error(f"{flag(name)} must be >= {least}")
+    for name in positive:
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            parser.error(f"{flag(name)} must be a positive number")
+    if not all(math.isfinite(getattr(args, n)) and getattr(args, n) >= 0 for n in nonnegative):
+        names = [flag(n) for n in nonnegative]
+        parser.error(f"{', '.join(names[:-1])} and {names[-1]} must be numbers >= 0")
+
+
+def check_same_run(saved, args, run_flags):
+    """--resume continues the run it finds: refuse one started with other defining flags
+    (run_flags, as saved in its training state), naming each difference, rather than silently
+    mix two schedules."""
+    changed = [f"{flag(k)} {saved[k]} then, {getattr(args, k)} now" for k in run_flags
+               if k in saved and saved[k] != getattr(args, k)]
+    if changed:
+        raise StageError(f"--resume: the run in --out-dir was started with other flags ({'; '.join(changed)}); "
+                         f"resume with the same flags or start again without --resume")
+
+
 def run_main(main):
     """Call a stage's `main()`, turning a StageError into one line on stderr and exit 1, and
     Ctrl-C into one line and exit 130 (128 + SIGINT, the shell's convention). Every write is

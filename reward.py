@@ -49,7 +49,7 @@ import measure
 import rankings
 import tasks
 import training
-from common import StageError, atomic_open, hash_inputs, run_main, save_figure, sweep_temporaries
+from common import StageError, atomic_open, check_flags, hash_inputs, run_main, save_figure, sweep_temporaries
 from model import GPT, load_checkpoint, save_checkpoint
 from preferences import Scorer, bradley_terry, normalise, score
 
@@ -72,14 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="CPU threads; 0 = torch's default")
     p.add_argument("--seed", type=int, default=1337, help="sampling and data order")
     args = p.parse_args(argv)
-    for name in ("general", "threads", "warmup_steps"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0")
-    for name in ("k", "max_new_tokens", "epochs", "batch_prompts"):
-        if getattr(args, name) < (2 if name == "k" else 1):
-            p.error(f"--{name.replace('_', '-')} must be >= {2 if name == 'k' else 1}")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        p.error("--lr must be a positive number")
+    check_flags(p, args, {**dict.fromkeys(("general", "threads", "warmup_steps"), 0), "k": 2,
+                          **dict.fromkeys(("max_new_tokens", "epochs", "batch_prompts"), 1)}, positive=("lr",))
     return args
 
 

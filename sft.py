@@ -75,7 +75,7 @@ import measure
 import tasks
 import training
 from benchmarks import TASKS
-from common import StageError, hash_inputs, run_main, save_figure, sha256_file, sweep_temporaries
+from common import StageError, check_flags, check_same_run, hash_inputs, run_main, save_figure, sha256_file, sweep_temporaries
 from data.contamination import benchmark_ngrams
 from model import FLOPS_FORMULA, IGNORE_INDEX, flops_per_token, load_checkpoint, save_checkpoint
 
@@ -124,16 +124,11 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="CPU threads per process; 0 = torch's default")
     p.add_argument("--seed", type=int, default=1337, help="data order")
     args = p.parse_args(argv)
-    for name in ("max_steps", "batch_rows", "micro_batch", "eval_conversations", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("stop_after", "eval_every", "ckpt_every", "eval_prompts", "warmup_steps", "threads"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        p.error("--lr must be a positive number")
-    if not all(math.isfinite(x) and x >= 0 for x in (args.min_lr_frac, args.weight_decay, args.grad_clip)):
-        p.error("--min-lr-frac, --weight-decay and --grad-clip must be numbers >= 0")
+    check_flags(p, args, {**dict.fromkeys(("max_steps", "batch_rows", "micro_batch", "eval_conversations",
+                                           "max_new_tokens"), 1),
+                          **dict.fromkeys(("stop_after", "eval_every", "ckpt_every", "eval_prompts", "warmup_steps",
+                                           "threads"), 0)},
+                positive=("lr",), nonnegative=("min_lr_frac", "weight_decay", "grad_clip"))
     args.benchmarks = list(TASKS) if args.benchmarks == "all" else [b for b in args.benchmarks.split(",") if b]
     if unknown := [b for b in args.benchmarks if b not in TASKS]:
         p.error(f"--benchmarks: unknown {', '.join(unknown)}; choose from {', '.join(TASKS)}")
@@ -404,11 +399,7 @@ def main(argv=None):
         if extra.get("parent_sha256") != parent_sha:
             raise StageError(f"--resume: the run in {out} fine-tuned another --init than {args.init}; "
                              f"resume with the same --init or start again")
-        saved = extra.get("run_flags", {})
-        changed = [k for k in RUN_FLAGS if k in saved and saved[k] != getattr(args, k)]
-        if changed:
-            raise StageError(f"--resume: the run in {out} was started with other {', '.join('--' + k for k in changed)}; "
-                             f"resume with the same flags or start again")
+        check_same_run(extra.get("run_flags", {}), args, RUN_FLAGS)
         accounting.load_state_dict(extra["accounting"])
         log, drawn, before = list(extra["log"]), extra["drawn"], extra["before"]
         if step >= (min(args.stop_after, args.max_steps) if args.stop_after else args.max_steps):

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 import kernels
 import training
-from common import StageError, hash_inputs, run_main, sweep_temporaries
+from common import StageError, check_flags, check_same_run, hash_inputs, run_main, sweep_temporaries
 from model import FLOPS_FORMULA, PRESETS, GPT, GPTConfig, bits_per_byte, flops_per_token, next_token_loss, save_checkpoint
 from tokenizer import load_token_dir
 
@@ -95,16 +95,10 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="CPU threads per process; 0 = torch's default")
     p.add_argument("--seed", type=int, default=1337, help="initialisation and data order")
     args = p.parse_args(argv)
-    for name in ("max_steps", "batch_tokens", "micro_batch", "eval_batches"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("stop_after", "eval_every", "ckpt_every", "samples", "warmup_steps", "block_size", "threads"):
-        if getattr(args, name) < 0:
-            p.error(f"--{name.replace('_', '-')} must be >= 0")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        p.error("--lr must be a positive number")
-    if not all(math.isfinite(x) and x >= 0 for x in (args.min_lr_frac, args.weight_decay, args.grad_clip)):
-        p.error("--min-lr-frac, --weight-decay and --grad-clip must be numbers >= 0")
+    check_flags(p, args, {**dict.fromkeys(("max_steps", "batch_tokens", "micro_batch", "eval_batches"), 1),
+                          **dict.fromkeys(("stop_after", "eval_every", "ckpt_every", "samples", "warmup_steps",
+                                           "block_size", "threads"), 0)},
+                positive=("lr",), nonnegative=("min_lr_frac", "weight_decay", "grad_clip"))
     if not (0 <= args.beta1 < 1 and 0 <= args.beta2 < 1):
         p.error("--beta1 and --beta2 must lie in [0, 1)")
     # what depends on the number of processes (torchrun's WORLD_SIZE), checked before any
@@ -118,16 +112,6 @@ def parse_args(argv=None):
     except StageError as e:
         p.error(str(e))
     return args
-
-
-def check_same_run(saved, args):
-    """--resume continues the run it finds: refuse one started with other defining flags,
-    naming each difference, rather than silently mix two schedules."""
-    changed = [f"--{k.replace('_', '-')} {saved[k]} then, {getattr(args, k)} now" for k in RUN_FLAGS
-               if k in saved and saved[k] != getattr(args, k)]
-    if changed:
-        raise StageError(f"--resume: the run in --out-dir was started with other flags ({'; '.join(changed)}); "
-                         f"resume with the same flags or start again without --resume")
 
 
 # ----------------------------------------------------------------------------- the data
@@ -277,7 +261,7 @@ def main(argv=None):
     if args.resume:
         step, extra = training.load_train_state(out / "train_state.pt", {"model": raw}, {"adamw": opt},
                                                 tokenizer.sha256())
-        check_same_run(extra.get("run_flags", {}), args)
+        check_same_run(extra.get("run_flags", {}), args, RUN_FLAGS)
         accounting.load_state_dict(extra["accounting"])
         log = list(extra["log"])                   # the log travels in the state: no kill can lose rows
         if rt.master:

@@ -166,7 +166,7 @@ def test_kill_and_resume_gives_identical_weights(parent, tmp_path):
     meta = json.loads((tmp_path / "resumed" / "meta.json").read_text())
     straight = json.loads((tmp_path / "straight" / "meta.json").read_text())
     assert meta["metrics"]["drawn"] == straight["metrics"]["drawn"] and meta["metrics"]["before"] == straight["metrics"]["before"]
-    with pytest.raises(StageError, match="other --lr"):
+    with pytest.raises(StageError, match=r"other flags \(--lr 0.005 then, 0.0001 now\)"):
         run_sft(parent, tmp_path / "resumed", "--max-steps", 6, "--resume", "--lr", 1e-4)
     with pytest.raises(StageError, match="is already at step 6; nothing to do"):
         run_sft(parent, tmp_path / "resumed", "--max-steps", 6, "--resume")
