@@ -56,6 +56,22 @@ def rate(flags):
     return {"rate": k / n if n else None, "k": k, "n": n, "low": round(low, 4), "high": round(high, 4)}
 
 
+def mean_interval(values, z=Z95):
+    """{"mean", "n", "low", "high"} of numbers: the mean and its normal-approximation interval,
+    mean +- z * sd / sqrt(n) (sd with n - 1); the interval is the mean itself when n < 2."""
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "n": 0, "low": None, "high": None}
+    mean = sum(values) / n
+    half = z * math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+    return {"mean": mean, "n": n, "low": round(mean - half, 4), "high": round(mean + half, 4)}
+
+
+def format_mean(r):
+    """'0.612 [0.58, 0.64] n=300'."""
+    return "n/a (n=0)" if not r["n"] else f"{r['mean']:.3f} [{r['low']:.2f}, {r['high']:.2f}] n={r['n']}"
+
+
 def format_rate(r):
     """'0.850 [0.76, 0.91] n=83'."""
     return "n/a (n=0)" if not r["n"] else f"{r['rate']:.3f} [{r['low']:.2f}, {r['high']:.2f}] n={r['n']}"

@@ -35,11 +35,16 @@ stage sft $PY sft.py --init "$OUT/pretrain" --out-dir "$OUT/sft"
 #    $OUT/reward/samples.jsonl --out mine.jsonl` ranks them by hand instead.
 stage reward $PY reward.py --init "$OUT/sft" --out-dir "$OUT/reward"
 
-# 6. The report card of both checkpoints side by side: held-out bits per byte, the benchmarks (a
+# 6. RLHF: PPO raises the reward model's score while a KL penalty keeps the policy near the SFT
+#    model; it prints SFT against PPO on held-out prompts (gold score, refusals, the skill, KL)
+#    and draws ppo.png and the training curves (scores.png, kl.png, policy.png, value.png).
+stage ppo $PY ppo.py --init "$OUT/sft" --reward-model "$OUT/reward" --out-dir "$OUT/ppo"
+
+# 7. The report card of the three checkpoints side by side: held-out bits per byte, the benchmarks (a
 #    seeded sample of EVAL_LIMIT items each; EVAL_LIMIT=0 scores them all; the SFT model is asked
 #    in its chat layout), each benchmark's contamination of the corpus, and the fixed panel of
 #    prompts every checkpoint answers. TruthfulQA is read from the copy shipped in benchmarks_data/.
-stage evaluate $PY evaluate.py --ckpt "$OUT/pretrain" "$OUT/sft" --data-dir "$OUT/tok" --corpus "$OUT/data/corpus.jsonl" \
+stage evaluate $PY evaluate.py --ckpt "$OUT/pretrain" "$OUT/sft" "$OUT/ppo" --data-dir "$OUT/tok" --corpus "$OUT/data/corpus.jsonl" \
     --out-dir "$OUT/eval" --limit "${EVAL_LIMIT:-200}"
 
 echo "pipeline done in $SECONDS s: see $OUT/"

@@ -13,10 +13,10 @@ LAYERS = [
     ["common", "sandbox", "data.dedup", "data.filters", "kernels.precision", "kernels.twins",
      "kernels.triton_cross_entropy", "kernels.triton_rmsnorm", "kernels.triton_swiglu"],
     ["kernels.triton_attention", "kernels.triton_linear_cross_entropy", "kernels.triton_matmul"],
-    ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report"],
+    ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report", "rlhf"],
     ["model", "data.contamination", "rankings"],
     ["demos", "measure", "report_card", "preferences"],
-    ["data.prepare", "bpe", "train", "sft", "chat", "rate", "reward", "evaluate", "sample"],     # the stages
+    ["data.prepare", "bpe", "train", "sft", "chat", "rate", "reward", "ppo", "evaluate", "sample"],     # the stages
 ]
 STAGES = set(LAYERS[-1])
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

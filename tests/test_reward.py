@@ -54,7 +54,7 @@ def test_the_stage_end_to_end_on_a_toy_checkpoint(chat_ckpt, tmp_path):
     assert meta["parent"]["sha256"] == json.loads((chat_ckpt / "meta.json").read_text())["model_sha256"]
     m = meta["metrics"]
     assert m["train_rankings"] > 200 and m["held_out_rankings"] > 50 and m["pair_accuracy"]["all"]["n"] > 0
-    for name in ("samples.jsonl", "rankings.jsonl", "calibration.png", "loss.png", "log.jsonl"):
+    for name in ("samples.jsonl", "rankings.jsonl", "calibration.png", "pair_accuracy.png", "loss.png", "log.jsonl"):
         assert (tmp_path / name).exists()
     samples = {s["prompt_id"]: s for s in rankings.read_samples(tmp_path / "samples.jsonl")}
     ranked = rankings.read_rankings(tmp_path / "rankings.jsonl", samples)
@@ -63,21 +63,63 @@ def test_the_stage_end_to_end_on_a_toy_checkpoint(chat_ckpt, tmp_path):
     train = [r for r in ranked if r["split"] == "rm_train"]
     s = torch.tensor(reward.scores_of(Scorer(model.eval()), tok, train, 96, "cpu")).flatten()
     assert s.mean().item() == pytest.approx(0, abs=1e-3) and s.std().item() == pytest.approx(1, abs=1e-2)
+    # a person's file that says what the simulated rater said trains the same model, and its own
+    # held-out rankings are the gold ones
+    again = tmp_path / "again"
+    reward.main(["--init", str(chat_ckpt), "--out-dir", str(again), "--general", "0", "--k", "2",
+                 "--max-new-tokens", "8", "--threads", "1", "--rankings", str(tmp_path / "rankings.jsonl")])
+    m2 = load_checkpoint(again, kind="reward")[2]["metrics"]
+    assert m2["train_loss"] == m["train_loss"] and m2["pair_accuracy_own_rater"]["all"] == m["pair_accuracy"]["all"]
 
 
-def test_rankings_of_other_answers_are_refused(chat_ckpt, tmp_path):
+def test_imported_preferences_train_and_a_share_is_held_out(chat_ckpt, tmp_path):
+    # our own pairs form: the answer that says "yes" is preferred; 40 pairs, 10% held out
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"question {i}?", "chosen": "yes", "rejected": f"no {i}"}) + "\n"
+                             for i in range(40)))
+    out = tmp_path / "out"
+    reward.main(["--init", str(chat_ckpt), "--out-dir", str(out), "--general", "0", "--k", "2",
+                 "--max-new-tokens", "4", "--threads", "1", "--preferences", str(pairs)])
+    _, _, meta = load_checkpoint(out, kind="reward")
+    m = meta["metrics"]
+    assert m["rater"] == ["import:pairs.jsonl"] and m["train_rankings"] == 36
+    assert m["pair_accuracy_own_rater"]["all"]["n"] == 4 and m["pair_accuracy"]["all"]["n"] > 0   # and the gold held-out
+    assert "rankings" in meta["inputs"]
+
+
+def _ran_then(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_bad_rankings_and_preferences_are_one_line_and_nothing_written(chat_ckpt, tmp_path):
+    base = ["--init", str(chat_ckpt), "--general", "0", "--k", "2", "--max-new-tokens", "4", "--threads", "1"]
+    # a prompt missing from the samples
     other = {"prompt_id": "nope", "messages": [{"role": "user", "content": "x"}], "answers": ["a", "b"],
              "ranks": [0, 1], "rater": "human:ada", "time": "2026-12-01T00:00:00Z"}
-    path = tmp_path / "mine.jsonl"
-    path.write_text(json.dumps(other) + "\n")
-    with pytest.raises(StageError, match="mine.jsonl:1"):
-        reward.main(["--init", str(chat_ckpt), "--out-dir", str(tmp_path / "out"), "--general", "0", "--k", "2",
-                     "--max-new-tokens", "4", "--rankings", str(path)])
-    assert not (tmp_path / "out").exists()
+    with pytest.raises(StageError, match=r"mine.jsonl:1: prompt_id nope is not in the samples"):
+        reward.main(base + ["--out-dir", str(tmp_path / "a"), "--rankings", str(_ran_then(tmp_path / "mine.jsonl", [other]))])
+    # a ranking of other answers than the prompt's samples (rate.py's file of another run)
+    reward.main(base + ["--out-dir", str(tmp_path / "run")])
+    first = rankings.read_rankings(tmp_path / "run" / "rankings.jsonl")[0]
+    first = {**first, "answers": [a + " (edited)" for a in first["answers"]]}
+    with pytest.raises(StageError, match=r"edited.jsonl:1: not a ranking of its answers"):
+        reward.main(base + ["--out-dir", str(tmp_path / "b"), "--rankings", str(_ran_then(tmp_path / "edited.jsonl", [first]))])
+    # an imported line without "chosen": refused before the model samples anything
+    lines = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "rejected": "b"}]
+    with pytest.raises(StageError, match=r'pairs.jsonl:2: no "chosen"'):
+        reward.main(base + ["--out-dir", str(tmp_path / "c"), "--preferences", str(_ran_then(tmp_path / "pairs.jsonl", lines))])
+    # rankings that are all ties teach nothing
+    tied = [{**r, "ranks": [0] * len(r["ranks"])} for r in rankings.read_rankings(tmp_path / "run" / "rankings.jsonl")]
+    with pytest.raises(StageError, match="not one untied pair"):
+        reward.main(base + ["--out-dir", str(tmp_path / "d"), "--rankings", str(_ran_then(tmp_path / "tied.jsonl", tied))])
+    assert not any((tmp_path / d).exists() for d in "abcd")
 
 
 @pytest.mark.parametrize("flags, message", [(["--k", "1"], "--k must be >= 2"), (["--lr", "0"], "--lr must be"),
-                                            (["--general", "-1"], "--general must be >= 0")])
+                                            (["--general", "-1"], "--general must be >= 0"),
+                                            (["--preferences-held-out", "1"], "must be in [0, 1)"),
+                                            (["--rankings", "a", "--preferences", "b"], "not both")])
 def test_flags_at_their_edges_are_usage_errors(capsys, flags, message):
     with pytest.raises(SystemExit) as e:
         reward.parse_args(flags)
