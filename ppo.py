@@ -150,8 +150,9 @@ def load_models(args, device):
 
 
 def ppo_prompts(tok, args, block):
-    """(rollout prompts, held-out prompts): ppo_train's skills and a seeded --general of its
-    general prompts; final_eval's skills and a seeded 100 of its general prompts. Each must
+    """(rollout prompts, held-out prompts): ppo_train's skills and a --seed-seeded --general of
+    its general prompts; final_eval's skills and a fixed sample of 100 of its general prompts
+    (one set for every run, whatever its seed, so runs compare on the same prompts). Each must
     render, with room for the answer, within the block."""
     pool = tasks.prompt_pool()
     general = demos.general_prompts(demos.load_demonstrations(("chatterbot", "triviaqa", "nq_open")),
@@ -164,7 +165,7 @@ def ppo_prompts(tok, args, block):
     for c in ("compare", "harmful", "benign"):
         held += [p for p in pool if p["split"] == "final_eval" and p["category"] == c][:args.eval_prompts or None]
     rest = [g for g in general if g["split"] == "final_eval"]
-    held += rng.sample(rest, min(args.eval_prompts or 100, len(rest)))
+    held += random.Random(0).sample(rest, min(args.eval_prompts or 100, len(rest)))   # the same whatever the flags
     for p in train + held:
         p["ids"] = tok.render_prompt([{"role": "user", "content": p["text"]}])
         if len(p["ids"]) + args.max_new_tokens > block:
@@ -368,7 +369,8 @@ def main(argv=None):
             raise StageError(f"--resume: the run in {out} is already at iteration {it}; nothing to do")
     elif args.reward == "gold":
         # the gold score normalised like the reward model: mean 0, std 1 on the SFT model's answers
-        norm = rollout((policy, reference, reward, value), tok, train_prompts[:256], args, 0.0, gold_norm, args.seed, rt.device)
+        sample = random.Random(args.seed).sample(train_prompts, min(256, len(train_prompts)))
+        norm = rollout((policy, reference, reward, value), tok, sample, args, 0.0, gold_norm, args.seed, rt.device)
         gold_norm = (norm["stats"]["gold"], max(norm["stats"]["gold_std"], 1e-3))
     if rt.master and before is None:
         print(f"{len(train_prompts):,} rollout prompts (ppo_train), {len(held_prompts):,} held out (final_eval)")

@@ -1,5 +1,5 @@
 """The whole pipeline on toy sizes, each stage reading the files the stage before it wrote:
-data/prepare.py -> bpe.py -> train.py -> sft.py -> reward.py -> evaluate.py. Each stage's check is that it
+data/prepare.py -> bpe.py -> train.py -> sft.py -> reward.py -> ppo.py -> evaluate.py. Each stage's check is that it
 moved its own metric the right way on held-out data; every later stage extends this chain
 with itself (reward, PPO, ...), reading the files of the one before."""
 
@@ -7,6 +7,7 @@ import json
 
 import bpe
 import evaluate
+import ppo
 import reward
 import sft
 import train
@@ -60,14 +61,26 @@ def test_the_whole_chain_on_toy_sizes(tmp_path):
     assert rmeta["parent"]["sha256"] == meta["model_sha256"]
     assert rmeta["metrics"]["pair_accuracy"]["all"]["low"] > 0.5          # its interval's low end
 
-    # 6. evaluation of both chat-making checkpoints: held-out text, and the panel side by side
-    evaluate.main(["--ckpt", str(tmp_path / "pretrain"), str(tmp_path / "sft"), "--tasks", "val",
+    # 6. PPO against that reward model: the rollouts' reward-model score rises, the policy stays
+    #    a chat checkpoint whose parent is the SFT model, and it is measured before and after
+    ppo.main(["--init", str(tmp_path / "sft"), "--reward-model", str(tmp_path / "reward"), "--out-dir", str(tmp_path / "ppo"),
+              "--general", "0", "--iterations", "8", "--batch", "16", "--minibatch", "8", "--max-new-tokens", "12",
+              "--lr", "1e-3", "--value-lr", "1e-3", "--eval-prompts", "8", "--threads", "1"])
+    _, _, pmeta = load_checkpoint(tmp_path / "ppo", kind="chat")
+    assert pmeta["parent"]["sha256"] == meta["model_sha256"]
+    log = [json.loads(line) for line in (tmp_path / "ppo" / "log.jsonl").read_text().splitlines()]
+    first, last = sum(r["score"] for r in log[:2]) / 2, sum(r["score"] for r in log[-2:]) / 2
+    assert last > first + 0.1, [r["score"] for r in log]
+    assert pmeta["metrics"]["after"]["kl"]["mean"] > 0
+
+    # 7. evaluation of the three checkpoints: held-out text, and the panel side by side
+    evaluate.main(["--ckpt", str(tmp_path / "pretrain"), str(tmp_path / "sft"), str(tmp_path / "ppo"), "--tasks", "val",
                    "--data-dir", str(tmp_path / "tok"), "--corpus", "", "--out-dir", str(tmp_path / "eval"),
                    "--device", "cpu"])
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
     ckpts = results["checkpoints"]
-    assert set(ckpts) == {str(tmp_path / "pretrain"), str(tmp_path / "sft")}
+    assert set(ckpts) == {str(tmp_path / "pretrain"), str(tmp_path / "sft"), str(tmp_path / "ppo")}
     assert {c["kind"] for c in ckpts.values()} == {"base", "chat"}
     assert all(len(c["panel"]) == 10 for c in ckpts.values())
     report = (tmp_path / "eval" / "report.md").read_text()
-    assert "Panel" in report and str(tmp_path / "sft") in report
+    assert "Panel" in report and str(tmp_path / "sft") in report and str(tmp_path / "ppo") in report

@@ -2,6 +2,9 @@
 minibatch's ratio 1 and approximate KL 0, the artefacts), kill-and-resume, and bad input."""
 
 import json
+import os
+import subprocess
+import sys
 from contextlib import nullcontext
 import random
 from pathlib import Path
@@ -131,3 +134,15 @@ def test_bad_checkpoints_and_prompts_too_long_are_one_line(chain, tmp_path):
     with pytest.raises(StageError, match="exceeds the block of 96"):
         run_ppo(chain, tmp_path / "d", "--max-new-tokens", 90)
     assert not any((tmp_path / d).exists() for d in "abcd")
+
+
+def test_two_processes_split_the_rollouts(chain, tmp_path):
+    flags = ["--init", str(chain / "sft"), "--reward-model", str(chain / "reward"), "--out-dir", str(tmp_path),
+             "--general", "0", "--eval-prompts", "2", "--batch", "8", "--minibatch", "4", "--ppo-epochs", "1",
+             "--max-new-tokens", "4", "--iterations", "2"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(Path(ppo.__file__)), *flags], capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert two.returncode == 0, two.stderr
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(abs(r["first_ratio"] - 1) < 1e-4 for r in log)

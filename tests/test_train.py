@@ -189,8 +189,12 @@ RECORDED = json.loads((ROOT / "tests" / "short_run.json").read_text())
 def test_training_lowers_validation_loss_and_writes_a_checkpoint(tok_dir, tmp_path, capsys):
     """Also the recorded run: tests/short_run.json holds this run's log (and model.pt's sha256)
     as the code wrote them before the training engine existed. On that machine the refactored
-    code reproduces both exactly; on another CPU the float rounding of its kernels may move the
-    last logged digit, hence the tolerance (a change in behaviour moves the losses by far more)."""
+    code reproduces both exactly. On another CPU the float rounding of its kernels differs in the
+    last bits: on an AMD EPYC every logged digit still agrees through step 9, then the loss
+    spike of step 10 amplifies those bits (its gradient norm 4.28 against 4.37) and by step 30
+    the losses have drifted by up to 0.015 and one gradient norm by 27%. So the steps before
+    the spike must agree to the logged digit (a change in behaviour, data order or schedule
+    moves them at once), the later ones within a drift's tolerance."""
     proc = run_train(tok_dir, tmp_path, "--max-steps", 30, "--batch-tokens", 256, "--eval-every", 10)
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "meta.json").read_text())
@@ -209,7 +213,13 @@ def test_training_lowers_validation_loss_and_writes_a_checkpoint(tok_dir, tmp_pa
     assert [r["step"] for r in timeless] == [r["step"] for r in RECORDED["log"]]
     for ours, recorded in zip(timeless, RECORDED["log"]):
         assert ours.keys() == recorded.keys()
-        assert all(ours[k] == pytest.approx(recorded[k], abs=2e-4) for k in ours if k != "samples")
+        if ours["step"] < 10:
+            assert all(ours[k] == pytest.approx(recorded[k], abs=2e-4) for k in ours if k != "samples")
+        else:
+            assert ours.get("lr") == pytest.approx(recorded.get("lr"), abs=1e-9)
+            for k in ("loss", "val_loss", "val_bpb"):
+                assert ours.get(k) == pytest.approx(recorded.get(k), abs=0.03)
+            assert ours.get("grad_norm") == pytest.approx(recorded.get("grad_norm"), rel=0.35)
     print("model.pt sha256", hashlib.sha256((tmp_path / "model.pt").read_bytes()).hexdigest(),
           "recorded", RECORDED["model_pt_sha256"])
     assert (tmp_path / "loss.png").exists() and (tmp_path / "lr.png").exists()
