@@ -214,6 +214,7 @@ def setup_runtime(device="auto", threads=0):
 
 def teardown(rt):
     if rt.world > 1:
+        dist.barrier()          # leave together: one process finishing early can hang the other's exit
         dist.destroy_process_group()
 
 
