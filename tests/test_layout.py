@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = [
     ["common", "sandbox", "data.dedup", "data.filters", "kernels.precision", "kernels.twins",
      "kernels.triton_cross_entropy", "kernels.triton_rmsnorm", "kernels.triton_swiglu"],
-    ["kernels.triton_attention", "kernels.triton_linear_cross_entropy", "kernels.triton_matmul"],
+    ["kernels.triton_attention", "kernels.triton_linear_cross_entropy", "kernels.triton_matmul", "redteam"],
     ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report", "rlhf"],
     ["model", "data.contamination", "rankings"],
     ["demos", "measure", "report_card", "preferences"],
