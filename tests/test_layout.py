@@ -16,6 +16,7 @@ LAYERS = [
     ["tokenizer", "kernels", "training", "benchmarks", "gate", "tasks", "data.sources", "data.report", "rlhf"],
     ["model", "data.contamination", "rankings", "judge"],
     ["demos", "measure", "report_card", "preferences"],
+    ["safety"],
     ["data.prepare", "bpe", "train", "sft", "chat", "rate", "reward", "ppo", "evaluate", "sample"],     # the stages
 ]
 STAGES = set(LAYERS[-1])
