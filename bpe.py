@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common import (StageError, atomic_open, hash_inputs, ignore_interrupts, json_field, json_type, read_json,
+from common import (StageError, atomic_open, check_out_dir, hash_inputs, ignore_interrupts, json_field, json_type, read_json,
                     require, run_main, sha256_file, write_meta)
 from tokenizer import PATTERNS, SHARDS_FORMAT, SHARDS_VERSION, SPECIAL_TOKENS, Tokenizer
 
@@ -181,9 +181,7 @@ def write_shard(path, texts, tokenizer, dtype, workers, desc):
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise StageError(f"--out-dir {out} is a file; give a directory")
+    out = check_out_dir(args.out_dir, sweep=False)
     if out.resolve() == Path(args.data_dir).resolve():
         raise StageError(f"--out-dir {out} is --data-dir: both stages write a meta.json there; "
                          f"give another directory")

@@ -225,6 +225,17 @@ def sweep_temporaries(folder):
     return removed
 
 
+def check_out_dir(path, sweep=True):
+    """A stage's --out-dir as a Path, refused with one line if it is a file; with `sweep`
+    (under torchrun: rank 0 alone), cleared of what a run killed mid-write left behind."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise StageError(f"--out-dir {out} is a file; give a directory")
+    if sweep:
+        sweep_temporaries(out)
+    return out
+
+
 def fix_surrogates(text):
     """`text` with each lone surrogate replaced by U+FFFD, as tiktoken does. JSON can spell one
     ("\\ud83d", half of a UTF-16 pair cut in two); it is no Unicode character and UTF-8

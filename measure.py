@@ -97,6 +97,11 @@ def generate(model, prompts, max_new_tokens, temperature, stop_tokens, seed=0, b
     return out
 
 
+def answer_text(tok, tokens):
+    """The text of generated tokens, special tokens (the closing <|end|>) left out."""
+    return tok.decode([t for t in tokens if not tok.is_special(t)]).strip()
+
+
 def chat_answers(model, tok, texts, max_new_tokens=48, temperature=0.0, seed=0):
     """[(answer, ended)] for each user text, asked in the chat layout: the answer is the text
     before <|end|>; `ended` says the model closed its turn within max_new_tokens."""
@@ -106,7 +111,7 @@ def chat_answers(model, tok, texts, max_new_tokens=48, temperature=0.0, seed=0):
     out = []
     for tokens in generate(model, prompts, max_new, temperature, {end}, seed):
         ended = bool(tokens) and tokens[-1] == end
-        out.append((tok.decode([t for t in tokens if not tok.is_special(t)]).strip(), ended))
+        out.append((answer_text(tok, tokens), ended))
     return out
 
 

@@ -45,7 +45,6 @@ et al. 2020; Ouyang et al. 2022 (InstructGPT); Gao et al. 2022 (over-optimisatio
 """
 
 import copy
-import math
 import random
 import time
 from pathlib import Path
@@ -59,8 +58,9 @@ import measure
 import rlhf
 import tasks
 import training
-from common import StageError, check_flags, check_same_run, hash_inputs, run_main, save_figure, sha256_file, sweep_temporaries
+from common import StageError, check_flags, check_same_run, hash_inputs, run_main, save_figure, sha256_file, check_out_dir
 from model import load_checkpoint, save_checkpoint
+from preferences import Scorer
 
 RUN_FLAGS = ("reward", "iterations", "batch", "minibatch", "ppo_epochs", "max_new_tokens", "lr", "value_lr",
              "beta", "target_kl", "horizon", "clip", "value_clip", "gamma", "lam", "no_end_score", "general", "seed")
@@ -121,8 +121,7 @@ class AnswerLogits(nn.Module):
 
 
 class Values(nn.Module):
-    """A scalar-head model's outputs at `pos` (B, T): the value model's V(s_t), and at an
-    answer's last token the reward model's score."""
+    """The value model as the module DDP wraps: its scalar head's outputs V(s_t) at `pos` (B, T)."""
 
     def __init__(self, model):
         super().__init__()
@@ -132,21 +131,30 @@ class Values(nn.Module):
         return self.model.scores(idx)[torch.arange(idx.shape[0])[:, None], pos]
 
 
+def last_scores(reward, idx, pos, mask):
+    """The reward model's score (B,) of each answer, read at its last token: the position
+    after the one that predicted it (preferences.Scorer reads the head there)."""
+    last = pos[torch.arange(idx.shape[0]), mask.sum(1).long() - 1] + 1
+    return Scorer(reward)(idx, last)
+
+
 def load_models(args, device):
-    """(policy, reference, reward model, value model, tokenizer): the reward model must be
-    one trained and normalised on this very policy (its parent), with its tokenizer."""
+    """(policy, reference, reward model, value model, tokenizer, the policy's model.pt
+    sha256): the reward model must be one trained and normalised on this very policy (its
+    parent), with its tokenizer."""
     policy, tok, _ = load_checkpoint(args.init, kind="chat", device=device)
     reward, rtok, rmeta = load_checkpoint(args.reward_model, kind="reward", device=device)
+    parent_sha = sha256_file(Path(args.init) / "model.pt")
     if rtok.sha256() != tok.sha256():
         raise StageError(f"{args.reward_model} uses another tokenizer than {args.init}; train reward.py on {args.init}")
-    if rmeta.get("parent", {}).get("sha256") != sha256_file(Path(args.init) / "model.pt"):
+    if rmeta.get("parent", {}).get("sha256") != parent_sha:
         raise StageError(f"{args.reward_model} was not trained on {args.init} (its parent is "
                          f"{rmeta.get('parent', {}).get('path')}): its scores are normalised on another model's "
                          f"answers and its trunk is another's; run reward.py --init {args.init}")
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     value = copy.deepcopy(reward).train()
     reward.eval().requires_grad_(False)
-    return policy.train(), reference, reward, value, tok
+    return policy.train(), reference, reward, value, tok, parent_sha
 
 
 def ppo_prompts(tok, args, block):
@@ -209,14 +217,13 @@ def rollout(models, tok, prompts, args, beta, gold_norm, seed, device):
     logprobs, ref_logprobs = logprobs_of(logits, tokens), logprobs_of(ref_logits, tokens)
     entropy, kl_exact = rlhf.entropy_and_kl(logits, ref_logits, mask)
     values = Values(value)(idx, pos) * mask
-    last = mask.sum(1).long() - 1
     ended = torch.tensor([a[-1] == end for a in answers], device=device)
-    texts = [tok.decode([t for t in a if not tok.is_special(t)]).strip() for a in answers]
+    texts = [measure.answer_text(tok, a) for a in answers]
     gold = torch.tensor([tasks.gold_score(p, t, bool(e)) for p, t, e in zip(prompts, texts, ended)], device=device)
     if args.reward == "gold":
         score = (gold - gold_norm[0]) / gold_norm[1]
-    else:   # the score is read at the answer's last token, the position after pos[last]
-        score = Values(reward)(idx, (pos[torch.arange(len(answers)), last] + 1)[:, None])[:, 0]
+    else:
+        score = last_scores(reward, idx, pos, mask)
     learned = score.clone()
     score = torch.where(ended, score, torch.full_like(score, args.no_end_score))
     rewards, kl = rlhf.token_rewards(score, logprobs, ref_logprobs, mask, beta)
@@ -271,9 +278,8 @@ def held_out(model, reference, reward, tok, prompts, max_new_tokens, seed, devic
         e, k = rlhf.entropy_and_kl(AnswerLogits(model)(idx, pos), AnswerLogits(reference)(idx, pos), mask)
         kl += k.tolist()
         entropy += (e / mask.sum(1)).tolist()
-        last = pos[torch.arange(len(idx)), mask.sum(1).long() - 1] + 1
-        score += Values(reward)(idx, last[:, None])[:, 0].tolist()
-    texts = [tok.decode([t for t in a if not tok.is_special(t)]).strip() for a in answers]
+        score += last_scores(reward, idx, pos, mask).tolist()
+    texts = [measure.answer_text(tok, a) for a in answers]
     ended = [a[-1] == end for a in answers]
     gold = [tasks.gold_score(p, t, e) for p, t, e in zip(prompts, texts, ended)]
     of = {c: [i for i, p in enumerate(prompts) if p["category"] == c] for c in ("compare", "harmful", "benign", "general")}
@@ -338,15 +344,11 @@ CURVES = {"scores": [("reward model (train rollouts)", "score"), ("gold (train r
 def main(argv=None):
     args = parse_args(argv)
     rt = training.setup_runtime(args.device, args.threads)
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise StageError(f"--out-dir {out} is a file; give a directory")
-    if rt.master:
-        sweep_temporaries(out)
+    out = check_out_dir(args.out_dir, sweep=rt.master)
     if args.batch % rt.world:
         raise StageError(f"--batch {args.batch} does not split over {rt.world} processes; make it a multiple")
     ctx = training.autocast(rt.device)
-    policy, reference, reward, value, tok = load_models(args, rt.device)
+    policy, reference, reward, value, tok, parent_sha = load_models(args, rt.device)
     block = policy.config.block_size
     train_prompts, held_prompts = ppo_prompts(tok, args, block)
     policy_step, value_step = training.wrap(AnswerLogits(policy), rt), training.wrap(Values(value), rt)
@@ -354,8 +356,6 @@ def main(argv=None):
             training.AdamW(training.param_groups(value, 0.0), args.value_lr)]
     horizon = args.horizon or max(args.iterations * args.batch // 10, 1)
     kl_ctl = rlhf.KLController(args.beta, args.target_kl or None, horizon)
-    steps_per_iter = args.ppo_epochs * math.ceil(args.batch // rt.world / args.minibatch)
-    parent_sha = sha256_file(Path(args.init) / "model.pt")
     it, log, before, gold_norm = 0, [], None, (0.0, 1.0)
     if args.resume:
         it, extra = training.load_train_state(out / "train_state.pt", {"policy": policy, "value": value},
@@ -389,9 +389,8 @@ def main(argv=None):
             with ctx:
                 batch = rollout((policy, reference, reward, value), tok, chosen, args, kl_ctl.beta, gold_norm,
                                 args.seed * 100003 + it * 1000 + rt.rank, rt.device)
-            for k, opt in enumerate(opts):
-                total = args.iterations * steps_per_iter
-                opt.lr = (args.lr, args.value_lr)[k] * (1 - it * steps_per_iter / total)     # annealed to 0
+            for opt, lr in zip(opts, (args.lr, args.value_lr)):
+                opt.lr = lr * (1 - it / args.iterations)                  # annealed linearly to 0 over the run
             stats, first = optimise(batch, policy_step, value_step, opts, args, rng, ctx)
             s = {k: training.mean_over_processes(v, rt) for k, v in {**batch["stats"], **stats}.items()}
             row = {"step": it + 1, "beta": kl_ctl.beta, **{k: round(v, 5) for k, v in s.items()},

@@ -56,7 +56,7 @@ import measure
 import rankings
 import tasks
 import training
-from common import StageError, atomic_open, check_flags, hash_inputs, run_main, save_figure, sweep_temporaries
+from common import StageError, atomic_open, check_flags, hash_inputs, run_main, save_figure, check_out_dir
 from model import GPT, load_checkpoint, save_checkpoint
 from preferences import Scorer, bradley_terry, normalise, score
 
@@ -110,7 +110,7 @@ def sample_answers(model, tok, prompts, k, max_new_tokens, seed):
         mine = new[i * k:(i + 1) * k]
         out.append({"prompt_id": p["id"], "messages": [{"role": "user", "content": p["text"]}],
                     "category": p["category"], "split": p["split"],
-                    "answers": [tok.decode([t for t in a if not tok.is_special(t)]).strip() for a in mine],
+                    "answers": [measure.answer_text(tok, a) for a in mine],
                     "ended": [bool(a) and a[-1] == end for a in mine]})
     return out
 
@@ -223,10 +223,7 @@ def plot_figures(out, figures):
 def main(argv=None):
     args = parse_args(argv)
     rt = training.setup_runtime(args.device, args.threads)
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise StageError(f"--out-dir {out} is a file; give a directory")
-    sweep_temporaries(out)
+    out = check_out_dir(args.out_dir)
     policy, tok, _ = load_checkpoint(args.init, kind="chat", device=rt.device)
     policy.eval()
     block = policy.config.block_size

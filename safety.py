@@ -40,7 +40,7 @@ def answers(model, tok, kind, conversations, max_new_tokens, seed):
     """Each conversation's answer text, once at temperature 1."""
     stop = {tok.special("<|end|>"), tok.special("<|endoftext|>")} if kind == "chat" else {tok.special("<|endoftext|>")}
     new = measure.generate(model, [prompt_ids(tok, kind, m) for m in conversations], max_new_tokens, 1.0, stop, seed)
-    return [tok.decode([t for t in a if not tok.is_special(t)]).strip() for a in new]
+    return [measure.answer_text(tok, a) for a in new]
 
 
 def figures(verdicts):
@@ -73,7 +73,8 @@ def red_team(model, tok, kind, n=50, seed=0, max_new_tokens=48):
         requests += chosen
         asked += [("suites", suite, [{"role": "user", "content": p}], None) for p in chosen]
     dan = redteam.load("dan")
-    wild = rng.sample(redteam.load("in_the_wild"), min(n, len(redteam.load("in_the_wild"))))
+    in_the_wild = redteam.load("in_the_wild")
+    wild = rng.sample(in_the_wild, min(n, len(in_the_wild)))
     for family, templates in (("dan", dan), ("in_the_wild", wild)):
         wrapped = [redteam.wrap(t, rng.choice(requests)) for t in templates]
         kept, skipped[family] = fits(wrapped)

@@ -75,7 +75,7 @@ import measure
 import tasks
 import training
 from benchmarks import TASKS
-from common import StageError, check_flags, check_same_run, hash_inputs, run_main, save_figure, sha256_file, sweep_temporaries
+from common import StageError, check_flags, check_same_run, hash_inputs, run_main, save_figure, sha256_file, check_out_dir
 from data.contamination import benchmark_ngrams
 from model import FLOPS_FORMULA, IGNORE_INDEX, flops_per_token, load_checkpoint, save_checkpoint
 
@@ -368,11 +368,7 @@ def print_figures(before, after):
 def main(argv=None):
     args = parse_args(argv)
     rt = training.setup_runtime(args.device, args.threads)
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise StageError(f"--out-dir {out} is a file; give a directory")
-    if rt.master:
-        sweep_temporaries(out)
+    out = check_out_dir(args.out_dir, sweep=rt.master)
     ctx = training.autocast(rt.device, training.resolve_dtype(args.dtype, rt.device))
 
     # set-up: the parent, its tokenizer (which must hold the chat layout), the data

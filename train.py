@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 import kernels
 import training
-from common import StageError, check_flags, check_same_run, hash_inputs, run_main, sweep_temporaries
+from common import StageError, check_flags, check_same_run, hash_inputs, run_main, check_out_dir
 from model import FLOPS_FORMULA, PRESETS, GPT, GPTConfig, bits_per_byte, flops_per_token, next_token_loss, save_checkpoint
 from tokenizer import load_token_dir
 
@@ -224,11 +224,7 @@ def main(argv=None):
         kernels.set_backend(args.kernels)
     except RuntimeError as e:
         raise StageError(str(e)) from None
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise StageError(f"--out-dir {out} is a file; give a directory")
-    if rt.master:
-        sweep_temporaries(out)                       # what a run killed mid-write left behind
+    out = check_out_dir(args.out_dir, sweep=rt.master)   # and what a run killed mid-write left behind
     dtype = training.resolve_dtype(args.dtype, rt.device)
     ctx = training.autocast(rt.device, dtype)
 

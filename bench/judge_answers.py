@@ -82,7 +82,7 @@ def main():
         stop = {tok.special("<|end|>")} if chat else set()
         new = measure.generate(model, ids, 48, 1.0, stop, seed=args.seed)
         for (suite, messages), answer in zip(asked, new):
-            text = tok.decode([t for t in answer if not tok.is_special(t)]).strip()
+            text = measure.answer_text(tok, answer)
             key = f"{meta['model_sha256'][:8]}:{suite}:{messages[-1]['content']}"
             rid = hashlib.sha256(key.encode()).hexdigest()[:12]
             rows.append({"id": rid, "checkpoint": f"{meta['kind']}:{Path(ckpt).name}:{meta['model_sha256'][:8]}",

@@ -47,12 +47,11 @@ def best_of_n(sft_dir, reward_dir, ns, seed, max_new_tokens=48):
         for i in range(0, len(answers), 64):
             rows = range(i, min(i + 64, len(answers)))
             idx, pos, _, mask = ppo.pad_answers([held[r // N]["ids"] for r in rows], [answers[r] for r in rows], pad)
-            last = pos[torch.arange(len(rows)), mask.sum(1).long() - 1] + 1
-            s = ppo.Values(reward)(idx, last[:, None])[:, 0]
+            s = ppo.last_scores(reward, idx, pos, mask)
             ended = [answers[r][-1] == end for r in rows]
             scores += [x if e else -1.0 for x, e in zip(s.tolist(), ended)]      # ppo.py's score of a cut answer
     for r, a in enumerate(answers):
-        text = tok.decode([t for t in a if not tok.is_special(t)]).strip()
+        text = measure.answer_text(tok, a)
         golds.append(tasks.gold_score(held[r // N], text, a[-1] == end))
     out = {}
     for n in ns:

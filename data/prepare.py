@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tqdm import tqdm  # noqa: E402
 
-from common import (StageError, atomic_open, disk_full_error, hash_inputs, ignore_interrupts,  # noqa: E402
+from common import (StageError, atomic_open, check_out_dir, disk_full_error, hash_inputs, ignore_interrupts,  # noqa: E402
                     is_disk_full, run_main, sha256_file, write_json, write_meta)
 from data import contamination, dedup, filters, sources  # noqa: E402
 from data.report import Report, plot_report, write_report_md  # noqa: E402
@@ -432,9 +432,7 @@ def mix_split_and_write(args, report, quotas, src_path, corpus_path, bench_ngram
 def main(argv=None):
     args = parse_args(argv)
     t0 = time.time()
-    out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise StageError(f"--out-dir {out_dir} is a file; give a directory")
+    out_dir = check_out_dir(args.out_dir, sweep=False)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
